@@ -1,0 +1,233 @@
+"""Measure backward cost: FLOPs, activation bytes saved for backward, and wall time."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
+from torch.utils.flop_counter import FlopCounterMode
+
+from autograd_cost.freezing import ModelInput, freeze_units, preserved_state
+from autograd_cost.graph import LossFn, model_loss
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when it is there, else the CPU; an explicit choice wins (notebook 02)."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so that a timer reads real work (notebook 02)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Forward and backward FLOPs of one training step, as counted by FlopCounterMode."""
+
+    forward: int
+    backward: int
+
+
+def count_flops(
+    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+) -> Flops:
+    """Count forward and backward FLOPs with FlopCounterMode, printing nothing (notebook 01)."""
+    with preserved_state(model):
+        with FlopCounterMode(display=False) as forward_counter:
+            loss = model_loss(model, example_input, loss_fn)
+        backward = 0
+        if loss.requires_grad:
+            with FlopCounterMode(display=False) as backward_counter:
+                loss.backward()
+            backward = backward_counter.get_total_flops()
+    return Flops(forward_counter.get_total_flops(), backward)
+
+
+def forward_flops(
+    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+) -> int:
+    """FLOPs of the forward pass and loss (notebook 01)."""
+    return count_flops(model, example_input, loss_fn).forward
+
+
+def backward_flops(
+    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+) -> int:
+    """FLOPs of the backward pass under the model's current freeze state (notebook 01)."""
+    return count_flops(model, example_input, loss_fn).backward
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    storage = tensor.untyped_storage()
+    return (str(tensor.device), storage.data_ptr())
+
+
+def saved_activation_bytes(
+    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+) -> int:
+    """Bytes the forward pass saves for backward, parameters and buffers excluded (notebook 01).
+
+    Counted with saved_tensors_hooks; tensors that share storage are counted once.
+    """
+    excluded = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
+    storages: dict[tuple[str, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key not in excluded:
+            storages[key] = max(storages.get(key, 0), tensor.untyped_storage().nbytes())
+        return tensor
+
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    with preserved_state(model), saved_tensors_hooks(pack, unpack):
+        model_loss(model, example_input, loss_fn)
+    return sum(storages.values())
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and interquartile range of repeated wall-time measurements, in seconds."""
+
+    median: float
+    iqr: float
+    repeats: int
+
+    def __str__(self) -> str:
+        return f"{self.median * 1e3:.2f} ms ± {self.iqr * 1e3:.2f} ms (IQR, n={self.repeats})"
+
+
+def summarize_times(samples: list[float]) -> Timing:
+    """Median and IQR of timing samples (notebook 02)."""
+    if not samples:
+        raise ValueError("no timing samples to summarize")
+    if len(samples) == 1:
+        return Timing(samples[0], 0.0, 1)
+    quartiles = statistics.quantiles(samples, n=4, method="inclusive")
+    return Timing(statistics.median(samples), quartiles[2] - quartiles[0], len(samples))
+
+
+def _spread_is_small(samples: list[float], min_repeats: int, tolerance: float) -> bool:
+    if len(samples) < min_repeats:
+        return False
+    timing = summarize_times(samples)
+    return timing.iqr <= tolerance * timing.median
+
+
+def time_repeats(
+    run: Callable[[], None],
+    device: torch.device,
+    warmup: int = 2,
+    min_repeats: int = 5,
+    max_repeats: int = 50,
+    max_seconds: float = 2.0,
+    tolerance: float = 0.05,
+) -> Timing:
+    """Warm up, then time `run` until the IQR is within `tolerance` of the median (notebook 02)."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    samples: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(samples) < max_repeats:
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        samples.append(time.perf_counter() - start)
+        if _spread_is_small(samples, min_repeats, tolerance):
+            break
+        if len(samples) >= min_repeats and time.perf_counter() > deadline:
+            break
+    return summarize_times(samples)
+
+
+def backward_seconds(
+    model: nn.Module,
+    example_input: ModelInput,
+    loss_fn: LossFn | None = None,
+    device: torch.device | None = None,
+    min_repeats: int = 5,
+    max_seconds: float = 2.0,
+) -> Timing:
+    """Wall time of the backward pass alone: forward untimed, warm-up, median of repeats.
+
+    Taught in notebook 02. Gradients are set to None before each backward, as in training.
+    """
+    device = device or next(model.parameters()).device
+    with preserved_state(model):
+        loss = model_loss(model, example_input, loss_fn)
+        if not loss.requires_grad:
+            return Timing(0.0, 0.0, 0)
+        params = list(model.parameters())
+
+        def run() -> None:
+            for param in params:
+                param.grad = None
+            loss.backward(retain_graph=True)
+
+        return time_repeats(run, device, min_repeats=min_repeats, max_seconds=max_seconds)
+
+
+def _timed_backward(
+    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None, device: torch.device
+) -> float:
+    loss = model_loss(model, example_input, loss_fn)
+    if not loss.requires_grad:
+        return 0.0
+    for param in model.parameters():
+        param.grad = None
+    synchronize(device)
+    start = time.perf_counter()
+    loss.backward()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_backward_seconds(
+    model: nn.Module,
+    example_input: ModelInput,
+    freeze_sets: list[list[str]],
+    loss_fn: LossFn | None = None,
+    device: torch.device | None = None,
+    min_repeats: int = 5,
+    max_repeats: int = 30,
+    max_seconds: float = 10.0,
+    tolerance: float = 0.05,
+) -> list[Timing]:
+    """Backward time for several freeze sets, measured round-robin so drift hits all alike.
+
+    Taught in notebook 02. Each sample runs a fresh, untimed forward under that freeze set;
+    one untimed round warms up. Rounds stop once every spread is small or time is up.
+    """
+    device = device or next(model.parameters()).device
+    samples: list[list[float]] = [[] for _ in freeze_sets]
+    with preserved_state(model):
+
+        def sample(names: list[str]) -> float:
+            for param in model.parameters():
+                param.requires_grad_(True)
+            freeze_units(model, names)
+            return _timed_backward(model, example_input, loss_fn, device)
+
+        for names in freeze_sets:  # warm-up round
+            sample(names)
+        deadline = time.perf_counter() + max_seconds
+        for _ in range(max_repeats):
+            for names, bucket in zip(freeze_sets, samples, strict=True):
+                bucket.append(sample(names))
+            if len(samples[0]) >= min_repeats and (
+                time.perf_counter() > deadline
+                or all(_spread_is_small(b, min_repeats, tolerance) for b in samples)
+            ):
+                break
+    return [summarize_times(b) for b in samples]

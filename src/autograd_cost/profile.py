@@ -1,0 +1,234 @@
+"""Profile a model's backward cost at every freeze depth: the engineer's entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autograd_cost.cost import (
+    count_flops,
+    interleaved_backward_seconds,
+    pick_device,
+    saved_activation_bytes,
+)
+from autograd_cost.freezing import (
+    FREEZE_MODES,
+    ModelInput,
+    execution_order,
+    freeze_units,
+    preserved_state,
+    units,
+    units_to_freeze,
+)
+from autograd_cost.graph import LossFn
+
+ROW_KEYS = (
+    "mode",
+    "depth",
+    "frozen_units",
+    "trainable_params",
+    "frozen_params",
+    "forward_flops",
+    "backward_flops",
+    "saved_activation_bytes",
+    "backward_seconds",
+    "backward_seconds_iqr",
+)
+
+
+def make_loss_fn(
+    loss_fn: Callable[..., torch.Tensor] | None, target: torch.Tensor | None
+) -> LossFn | None:
+    """Turn (loss_fn, target) into a one-argument loss of the model output (notebook 02).
+
+    With a target but no loss_fn, integer targets get cross-entropy and float targets MSE.
+    """
+    if target is None:
+        return loss_fn
+    if loss_fn is None:
+        loss_fn = F.cross_entropy if not target.is_floating_point() else F.mse_loss
+    chosen = loss_fn
+    return lambda output: chosen(output, target)
+
+
+def _check_modes(modes: Sequence[str]) -> list[str]:
+    if isinstance(modes, str):
+        modes = [modes]
+    bad = [m for m in modes if m not in FREEZE_MODES]
+    if bad or not modes:
+        raise ValueError(f"unknown mode(s) {bad or modes}; valid modes are {list(FREEZE_MODES)}")
+    return list(modes)
+
+
+def _to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
+    if isinstance(example_input, tuple):
+        return tuple(t.to(device) for t in example_input)
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(
+            "example_input must be a torch.Tensor or a tuple of tensors, "
+            f"got {type(example_input).__name__}"
+        )
+    return example_input.to(device)
+
+
+@contextmanager
+def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Move the model to `device` inside the block and back to where it was after."""
+    home = next(model.parameters()).device
+    try:
+        yield model.to(device)
+    finally:
+        model.to(home)
+
+
+def profile_freezing(
+    model: nn.Module,
+    example_input: ModelInput,
+    target: torch.Tensor | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    modes: Sequence[str] = FREEZE_MODES,
+    depths: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    repeats: int | None = None,
+) -> list[dict[str, Any]]:
+    """Backward FLOPs, saved bytes and backward time for each (mode, depth) (notebook 02).
+
+    Units are frozen in forward-execution order. The model is left as it was: requires_grad,
+    .grad, buffers, train/eval mode and device are all restored, also on error.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not units(model):
+        raise ValueError(f"{type(model).__name__} has no parameters, so there is nothing to freeze")
+    modes = _check_modes(modes)
+    if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
+        raise ValueError(f"repeats must be a positive int or None (adaptive), got {repeats!r}")
+    device = pick_device(device)
+    example_input = _to_device(example_input, device)
+    if target is not None:
+        target = target.to(device)
+    loss = make_loss_fn(loss_fn, target)
+    with preserved_state(model), on_device(model, device):
+        order = execution_order(model, example_input)
+        depths = list(range(len(order) + 1)) if depths is None else list(depths)
+        plans = [(m, d, units_to_freeze(order, m, d)) for m in modes for d in depths]
+        distinct = list({tuple(frozen): frozen for _, _, frozen in plans}.values())
+        costs = {}
+        for frozen in distinct:
+            for param in model.parameters():
+                param.requires_grad_(True)
+            freeze_units(model, frozen)
+            flops = count_flops(model, example_input, loss)
+            costs[tuple(frozen)] = {
+                "forward_flops": flops.forward,
+                "backward_flops": flops.backward,
+                "saved_activation_bytes": saved_activation_bytes(model, example_input, loss),
+            }
+        timings = interleaved_backward_seconds(
+            model,
+            example_input,
+            distinct,
+            loss,
+            device=device,
+            min_repeats=repeats or 5,
+            max_repeats=repeats or 30,
+        )
+        for frozen, timing in zip(distinct, timings, strict=True):
+            costs[tuple(frozen)]["backward_seconds"] = timing.median
+            costs[tuple(frozen)]["backward_seconds_iqr"] = timing.iqr
+        owned = units(model)
+        total = sum(p.numel() for p in model.parameters())
+        rows = []
+        for mode, depth, frozen in plans:
+            frozen_params = sum(p.numel() for name in frozen for p in owned[name])
+            rows.append(
+                {
+                    "mode": mode,
+                    "depth": depth,
+                    "frozen_units": frozen,
+                    "trainable_params": total - frozen_params,
+                    "frozen_params": frozen_params,
+                    **costs[tuple(frozen)],
+                }
+            )
+    return rows
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each row's backward time and FLOPs relative to the unfrozen model (notebook 02)."""
+    base = {r["mode"]: r for r in rows if r["depth"] == 0}
+    if set(base) != {r["mode"] for r in rows}:
+        raise ValueError("ratios need a depth-0 (unfrozen) row for every mode")
+    out = []
+    for row in rows:
+        ref = base[row["mode"]]
+        out.append(
+            {
+                **row,
+                "time_ratio": row["backward_seconds"] / ref["backward_seconds"],
+                "flop_ratio": row["backward_flops"] / ref["backward_flops"],
+                "memory_ratio": row["saved_activation_bytes"] / ref["saved_activation_bytes"],
+            }
+        )
+    return out
+
+
+def format_profile(rows: list[dict[str, Any]], timings: bool = True) -> str:
+    """A readable table of profile rows; timings=False keeps only deterministic columns."""
+    columns = ["mode", "depth", "trainable", "fwd MFLOP", "bwd MFLOP", "saved KiB"]
+    if timings:
+        columns += ["bwd ms", "IQR ms"]
+    lines = ["  ".join(f"{c:>10}" for c in columns)]
+    for r in rows:
+        cells = [
+            r["mode"],
+            r["depth"],
+            f"{r['trainable_params']:,}",
+            f"{r['forward_flops'] / 1e6:.2f}",
+            f"{r['backward_flops'] / 1e6:.2f}",
+            f"{r['saved_activation_bytes'] / 1024:.1f}",
+        ]
+        if timings:
+            seconds, iqr = r["backward_seconds"], r["backward_seconds_iqr"]
+            cells += [f"{seconds * 1e3:.2f}", f"{iqr * 1e3:.2f}"]
+        lines.append("  ".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot_profile(rows: list[dict[str, Any]], path: str | None = None, title: str = ""):
+    """Backward time (measured) and FLOPs (predicted) against depth, plus saved memory.
+
+    Taught in notebook 02. Returns the matplotlib figure; saves it when `path` is given.
+    """
+    import matplotlib.pyplot as plt
+
+    ratios = with_ratios(rows)
+    fig, (cost_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, color in zip(FREEZE_MODES, ("tab:blue", "tab:orange"), strict=True):
+        mine = [r for r in ratios if r["mode"] == mode]
+        if not mine:
+            continue
+        depths = [r["depth"] for r in mine]
+        cost_ax.plot(depths, [r["time_ratio"] for r in mine], "o-", color=color,
+                     label=f"{mode}: measured time")
+        cost_ax.plot(depths, [r["flop_ratio"] for r in mine], "--", color=color,
+                     label=f"{mode}: FLOP prediction")
+        memory_ax.plot(depths, [r["saved_activation_bytes"] / 2**20 for r in mine], "o-",
+                       color=color, label=mode)
+    cost_ax.set(xlabel="frozen units", ylabel="backward cost / unfrozen", ylim=(0, 1.1),
+                title="Backward cost vs freeze depth")
+    memory_ax.set(xlabel="frozen units", ylabel="MiB saved for backward",
+                  title="Saved activations vs freeze depth")
+    cost_ax.legend(fontsize=8)
+    memory_ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig

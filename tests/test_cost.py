@@ -1,0 +1,141 @@
+"""FLOPs and saved bytes against analytic formulas; timing statistics against known samples."""
+
+import pytest
+import torch
+
+from autograd_cost import (
+    backward_flops,
+    count_flops,
+    execution_order,
+    freeze_prefix,
+    freeze_suffix,
+    mlp,
+    saved_activation_bytes,
+    small_cnn,
+    time_repeats,
+)
+from autograd_cost.cost import summarize_times
+
+BATCH, IN, WIDTH, DEPTH, OUT = 8, 64, 32, 3, 10
+SHAPES = [(IN, WIDTH)] + [(WIDTH, WIDTH)] * (DEPTH - 1) + [(WIDTH, OUT)]  # (in, out) per Linear
+
+
+def matmul_flops(n_in: int, n_out: int) -> int:
+    return 2 * BATCH * n_in * n_out
+
+
+def expected_backward(trainable: list[bool]) -> int:
+    """Weight grads for trainable layers; input grads wherever something earlier needs grad."""
+    total = 0
+    for i, (n_in, n_out) in enumerate(SHAPES):
+        if trainable[i]:
+            total += matmul_flops(n_in, n_out)
+        if any(trainable[:i]):
+            total += matmul_flops(n_in, n_out)
+    return total
+
+
+@pytest.fixture
+def model_and_input():
+    model = mlp(width=WIDTH, depth=DEPTH)
+    x = torch.randn(BATCH, IN)
+    return model, x, execution_order(model, x)
+
+
+def test_forward_flops_are_two_batch_in_out_per_matmul(model_and_input):
+    model, x, _ = model_and_input
+    assert count_flops(model, x).forward == sum(matmul_flops(i, o) for i, o in SHAPES)
+
+
+def test_unfrozen_backward_is_twice_forward_minus_the_first_input_grad(model_and_input):
+    model, x, _ = model_and_input
+    flops = count_flops(model, x)
+    assert flops.backward == 2 * flops.forward - matmul_flops(IN, WIDTH)
+    assert flops.backward == expected_backward([True] * len(SHAPES))
+
+
+@pytest.mark.parametrize("depth", range(len(SHAPES) + 1))
+def test_prefix_freeze_backward_flops(model_and_input, depth):
+    model, x, order = model_and_input
+    freeze_prefix(model, depth, order)
+    trainable = [i >= depth for i in range(len(SHAPES))]
+    assert backward_flops(model, x) == expected_backward(trainable)
+
+
+@pytest.mark.parametrize("depth", range(len(SHAPES) + 1))
+def test_suffix_freeze_backward_flops(model_and_input, depth):
+    model, x, order = model_and_input
+    freeze_suffix(model, depth, order)
+    trainable = [i < len(SHAPES) - depth for i in range(len(SHAPES))]
+    assert backward_flops(model, x) == expected_backward(trainable)
+
+
+def test_prefix_saves_more_than_suffix_at_every_inner_depth(model_and_input):
+    model, x, order = model_and_input
+    for depth in range(1, len(SHAPES)):
+        freeze_prefix(model, depth, order)
+        prefix = backward_flops(model, x)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        freeze_suffix(model, depth, order)
+        suffix = backward_flops(model, x)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        assert prefix < suffix
+
+
+def test_counting_leaves_no_grads_behind(model_and_input):
+    model, x, _ = model_and_input
+    count_flops(model, x)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def expected_saved_bytes(first_trainable: int) -> int:
+    """Input of the first trainable Linear, plus each later hidden ReLU output (float32)."""
+    if first_trainable >= len(SHAPES):
+        return 0
+    n_in = SHAPES[first_trainable][0]
+    relus_after = DEPTH - first_trainable
+    return 4 * BATCH * (n_in + WIDTH * relus_after)
+
+
+@pytest.mark.parametrize("depth", range(len(SHAPES) + 1))
+def test_saved_bytes_follow_the_formula_for_prefix_freezing(model_and_input, depth):
+    model, x, order = model_and_input
+    freeze_prefix(model, depth, order)
+    assert saved_activation_bytes(model, x) == expected_saved_bytes(depth)
+
+
+def test_suffix_freezing_keeps_every_activation_but_the_frozen_weight_inputs(model_and_input):
+    model, x, order = model_and_input
+    unfrozen = saved_activation_bytes(model, x)
+    freeze_suffix(model, 1, order)  # the head needs no weight grad, but its input is a ReLU output
+    assert saved_activation_bytes(model, x) == unfrozen
+
+
+def test_saved_bytes_exclude_parameters_and_batchnorm_buffers():
+    model = small_cnn(channels=2, hidden=4)
+    x = torch.randn(2, 1, 8, 8)
+    total = saved_activation_bytes(model, x)
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert total > 0
+    model.requires_grad_(False)
+    assert saved_activation_bytes(model, x) == 0
+    assert param_bytes > 0
+
+
+def test_summarize_times_median_and_iqr():
+    timing = summarize_times([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert timing.median == 3.0
+    assert timing.iqr == pytest.approx(2.0)
+    assert timing.repeats == 5
+    with pytest.raises(ValueError, match="no timing samples"):
+        summarize_times([])
+
+
+def test_time_repeats_stops_early_when_the_spread_is_small():
+    calls = []
+    timing = time_repeats(lambda: calls.append(1), torch.device("cpu"), warmup=2,
+                          min_repeats=5, max_repeats=50, max_seconds=60, tolerance=10.0)
+    assert timing.repeats == 5
+    assert len(calls) == 2 + 5

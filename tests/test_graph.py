@@ -1,0 +1,115 @@
+"""The backward graph: stable names, counts, removed nodes (PyTorch is the oracle), SVG."""
+
+import re
+
+import pytest
+import torch
+
+from autograd_cost import (
+    backward_nodes,
+    draw_freeze,
+    draw_graph,
+    execution_order,
+    freeze_units,
+    mlp,
+    model_loss,
+    node_counts,
+    removed_nodes,
+    units,
+)
+from autograd_cost.freezing import prefix_units, suffix_units
+
+
+def test_unfrozen_mlp_graph_has_the_expected_nodes():
+    model = mlp(width=8, depth=2)
+    loss = model_loss(model, torch.randn(3, 64))
+    assert node_counts(loss) == {
+        "AccumulateGrad": 6, "AddmmBackward0": 3, "ReluBackward0": 2,
+        "SumBackward0": 1, "TBackward0": 3,
+    }
+    nodes = backward_nodes(loss, dict(model.named_parameters()))
+    assert nodes[0].name == "SumBackward0#0" and nodes[0].inputs == ("AddmmBackward0#0",)
+    params = sorted(n.parameter for n in nodes if n.kind == "AccumulateGrad")
+    assert params == sorted(name for name, _ in model.named_parameters())
+
+
+def _survivor_counts(loss, removed):
+    names = {n.name: n.kind for n in backward_nodes(loss)}
+    counts = {}
+    for name, kind in names.items():
+        if name not in removed:
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+@pytest.mark.parametrize("which", ["prefix", "suffix"])
+def test_removed_nodes_match_the_graph_pytorch_builds_when_frozen(course_model, which):
+    """Predicting removals on the unfrozen graph must agree with PyTorch's frozen graph."""
+    model, x = course_model
+    order = execution_order(model, x)
+    pick = prefix_units if which == "prefix" else suffix_units
+    for depth in range(1, len(order)):
+        names = pick(order, depth)
+        frozen = [p for n in names for p in units(model)[n]]
+        unfrozen_loss = model_loss(model, x)
+        predicted = _survivor_counts(unfrozen_loss, set(removed_nodes(unfrozen_loss, frozen)))
+        freeze_units(model, names)
+        assert node_counts(model_loss(model, x)) == predicted, (which, depth)
+        model.requires_grad_(True)
+
+
+def test_suffix_freeze_keeps_backward_nodes_but_drops_weight_gradient_leaves():
+    model = mlp(width=8, depth=2)
+    x = torch.randn(3, 64)
+    loss = model_loss(model, x)
+    removed = removed_nodes(loss, list(model.head.parameters()))
+    kinds = sorted(n.split("#")[0] for n in removed)
+    assert kinds == ["AccumulateGrad", "AccumulateGrad", "TBackward0"]
+
+
+def test_prefix_freeze_removes_the_whole_early_subgraph():
+    model = mlp(width=8, depth=2)
+    loss = model_loss(model, torch.randn(3, 64))
+    removed = removed_nodes(loss, list(model.fc1.parameters()))
+    kinds = sorted(n.split("#")[0] for n in removed)
+    assert kinds == ["AccumulateGrad", "AccumulateGrad", "AddmmBackward0", "ReluBackward0",
+                     "TBackward0"]
+
+
+def test_two_renders_give_identical_svg_without_memory_ids():
+    model = mlp(width=8, depth=2)
+    x = torch.randn(3, 64)
+    first = draw_freeze(model, x, ["fc1"]).svg()
+    second = draw_freeze(mlp(width=8, depth=2), x, ["fc1"]).svg()
+    assert first == second
+    titles = re.findall(r"<title>(.*?)</title>", first)
+    assert titles[0] == "%3"  # the graph itself; every node and edge is named n<k>
+    assert all(re.fullmatch(r"n\d+(&#45;&gt;n\d+)?", t) for t in titles[1:])
+
+
+def test_removed_nodes_are_drawn_dashed_and_counted_in_the_summary():
+    model = mlp(width=8, depth=2)
+    picture = draw_freeze(model, torch.randn(3, 64), ["fc1"])
+    assert repr(picture) == (
+        "autograd graph: 15 backward nodes, 5 removed by freezing (dashed), 10 kept"
+    )
+    assert picture.dot.source.count("style=dashed") > 5
+
+
+def test_draw_freeze_leaves_the_model_as_it_was():
+    model = mlp(width=8, depth=2)
+    model.fc2.requires_grad_(False)
+    draw_freeze(model, torch.randn(3, 64), ["fc1"])
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False, False, True, True]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_draw_graph_of_an_unfrozen_loss_has_plain_summary():
+    model = mlp(width=4, depth=1)
+    picture = draw_graph(model_loss(model, torch.randn(2, 64)))
+    assert repr(picture) == "autograd graph: 10 backward nodes"
+
+
+def test_draw_freeze_rejects_unknown_units():
+    with pytest.raises(ValueError, match="valid units are"):
+        draw_freeze(mlp(depth=1), torch.randn(2, 64), ["fc7"])

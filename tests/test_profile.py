@@ -1,0 +1,149 @@
+"""profile_freezing: row schema, restoration of the model, and clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from autograd_cost import mlp, profile_freezing, small_cnn, with_ratios
+from autograd_cost.cli import main
+from autograd_cost.profile import ROW_KEYS, format_profile
+
+
+def snapshot(model):
+    return (
+        [p.requires_grad for p in model.parameters()],
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        [b.clone() for b in model.buffers()],
+        [m.training for m in model.modules()],
+    )
+
+
+def assert_same(a, b):
+    assert a[0] == b[0]
+    for ga, gb in zip(a[1], b[1], strict=True):
+        assert (ga is None and gb is None) or torch.equal(ga, gb)
+    for ba, bb in zip(a[2], b[2], strict=True):
+        assert torch.equal(ba, bb)
+    assert a[3] == b[3]
+
+
+def test_rows_have_exactly_the_documented_keys_and_all_depths():
+    model = mlp(width=8, depth=2)
+    rows = profile_freezing(model, torch.randn(4, 64), repeats=1)
+    assert [tuple(r) for r in rows] == [ROW_KEYS] * len(rows)
+    assert [(r["mode"], r["depth"]) for r in rows] == [
+        (m, d) for m in ("prefix", "suffix") for d in range(4)
+    ]
+    assert rows[1]["frozen_units"] == ["fc1"] and rows[5]["frozen_units"] == ["head"]
+    total = sum(p.numel() for p in model.parameters())
+    assert all(r["trainable_params"] + r["frozen_params"] == total for r in rows)
+    full = rows[3]
+    assert full["backward_flops"] == 0 and full["backward_seconds"] == 0.0
+    assert full["saved_activation_bytes"] == 0
+
+
+def test_rows_agree_with_ratios_and_prefix_beats_suffix_in_flops():
+    rows = with_ratios(profile_freezing(mlp(width=16, depth=3), torch.randn(4, 64), repeats=1))
+    prefix = {r["depth"]: r for r in rows if r["mode"] == "prefix"}
+    suffix = {r["depth"]: r for r in rows if r["mode"] == "suffix"}
+    for depth in range(1, 4):
+        assert prefix[depth]["flop_ratio"] < suffix[depth]["flop_ratio"] < 1
+        assert prefix[depth]["saved_activation_bytes"] <= suffix[depth]["saved_activation_bytes"]
+
+
+def test_model_state_is_unchanged_afterwards():
+    model = small_cnn(channels=2, hidden=4)
+    x = torch.randn(4, 1, 8, 8)
+    model(x).sum().backward()
+    model.fc.requires_grad_(False)
+    model.eval()
+    before = snapshot(model)
+    profile_freezing(model, x, target=torch.tensor([0, 1, 2, 3]), modes=["suffix"],
+                     depths=[0, 2], repeats=1)
+    assert_same(before, snapshot(model))
+
+
+def test_target_without_loss_fn_uses_cross_entropy():
+    model = mlp(width=8, depth=1)
+    x, y = torch.randn(4, 64), torch.tensor([1, 2, 3, 4])
+    rows = profile_freezing(model, x, target=y, modes=["prefix"], depths=[0], repeats=1)
+    custom = profile_freezing(model, x, target=y, loss_fn=nn.functional.cross_entropy,
+                              modes=["prefix"], depths=[0], repeats=1)
+    assert rows[0]["backward_flops"] == custom[0]["backward_flops"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"depths": [0, 9]}, ValueError, r"depth 9 is out of range .* valid depths are 0\.\.3"),
+        ({"modes": ["middle"]}, ValueError, r"valid modes are \['prefix', 'suffix'\]"),
+        ({"repeats": 0}, ValueError, "repeats must be a positive int"),
+    ],
+)
+def test_bad_arguments_raise_and_leave_the_model_unchanged(kwargs, error, message):
+    model = mlp(width=8, depth=2)
+    before = snapshot(model)
+    with pytest.raises(error, match=message):
+        profile_freezing(model, torch.randn(4, 64), **kwargs)
+    assert_same(before, snapshot(model))
+
+
+def test_input_that_does_not_fit_shows_its_shape():
+    model = mlp(width=8, depth=2)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"example input of shape \(4, 3\) does not fit"):
+        profile_freezing(model, torch.randn(4, 3))
+    assert_same(before, snapshot(model))
+
+
+def test_non_tensor_input_is_a_type_error():
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor or a tuple of tensors"):
+        profile_freezing(mlp(depth=1), [[1.0] * 64])
+
+
+def test_model_without_parameters_is_refused():
+    with pytest.raises(ValueError, match="has no parameters"):
+        profile_freezing(nn.ReLU(), torch.randn(2, 3))
+    with pytest.raises(TypeError, match=r"must be a torch\.nn\.Module"):
+        profile_freezing(lambda x: x, torch.randn(2, 3))
+
+
+def test_format_profile_without_timings_is_deterministic():
+    rows = profile_freezing(mlp(width=8, depth=1), torch.randn(2, 64), repeats=1)
+    table = format_profile(rows, timings=False)
+    assert "bwd ms" not in table and table.count("\n") == len(rows)
+    assert table == format_profile(
+        profile_freezing(mlp(width=8, depth=1), torch.randn(2, 64), repeats=1), timings=False
+    )
+
+
+def test_cli_prints_json_rows_and_saves_a_plot(capsys, tmp_path):
+    plot = tmp_path / "cost.png"
+    assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "2", "--batch", "4",
+                 "--repeats", "1", "--json", "--plot", str(plot)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [tuple(r) for r in rows] == [ROW_KEYS] * 8
+    assert plot.stat().st_size > 10_000
+
+
+def test_cli_table_and_bad_arguments(capsys):
+    assert main(["profile", "--model", "cnn", "--width", "2", "--batch", "2", "--mode", "prefix",
+                 "--repeats", "1"]) == 0
+    assert "bwd MFLOP" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["profile", "--model", "vgg"])
+    assert "invalid choice: 'vgg'" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "autograd_cost", "profile", "--model", "transformer", "--width",
+         "16", "--depth", "1", "--batch", "2", "--mode", "suffix", "--repeats", "1", "--json"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    rows = json.loads(out.stdout)
+    assert rows[0]["mode"] == "suffix" and rows[-1]["backward_flops"] == 0
