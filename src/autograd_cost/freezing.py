@@ -184,6 +184,16 @@ def frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
         yield freeze_units(model, names)
 
 
+@contextmanager
+def exactly_frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
+    """Inside the block exactly the named units are frozen; all state is restored after."""
+    _check_names(model, names)
+    with preserved_state(model):
+        for param in model.parameters():
+            param.requires_grad_(True)
+        yield freeze_units(model, names)
+
+
 @dataclass(frozen=True)
 class UnitRow:
     """One line of a freeze summary: a unit and its trainable and frozen parameter counts."""

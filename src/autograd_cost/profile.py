@@ -19,8 +19,8 @@ from autograd_cost.cost import (
 from autograd_cost.freezing import (
     FREEZE_MODES,
     ModelInput,
+    exactly_frozen,
     execution_order,
-    freeze_units,
     preserved_state,
     units,
     units_to_freeze,
@@ -120,14 +120,13 @@ def profile_freezing(
         distinct = list({tuple(frozen): frozen for _, _, frozen in plans}.values())
         costs = {}
         for frozen in distinct:
-            for param in model.parameters():
-                param.requires_grad_(True)
-            freeze_units(model, frozen)
-            flops = count_flops(model, example_input, loss)
+            with exactly_frozen(model, frozen):
+                flops = count_flops(model, example_input, loss)
+                saved = saved_activation_bytes(model, example_input, loss)
             costs[tuple(frozen)] = {
                 "forward_flops": flops.forward,
                 "backward_flops": flops.backward,
-                "saved_activation_bytes": saved_activation_bytes(model, example_input, loss),
+                "saved_activation_bytes": saved,
             }
         timings = interleaved_backward_seconds(
             model,

@@ -1,0 +1,83 @@
+"""Self-check helpers for the notebooks' exercises: they say right or wrong, never the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import nn
+
+from autograd_cost.cost import count_flops, saved_activation_bytes
+from autograd_cost.freezing import ModelInput, exactly_frozen, execution_order
+from autograd_cost.graph import model_loss, node_counts
+
+
+def report(ok: bool, success: str, hint: str) -> bool:
+    """Print a one-line verdict and return it (used by every checker)."""
+    print(f"✅ Correct: {success}" if ok else f"❌ Not yet: {hint}")
+    return ok
+
+
+def check_node_counts(
+    answer: Mapping[str, int],
+    model: nn.Module,
+    example_input: ModelInput,
+    frozen_units: Sequence[str],
+) -> bool:
+    """Check a predicted count of backward nodes per type after freezing (notebook 01)."""
+    with exactly_frozen(model, frozen_units):
+        truth = node_counts(model_loss(model, example_input))
+    wrong = sorted(k for k in set(truth) | set(answer) if truth.get(k, 0) != answer.get(k, 0))
+    if not wrong:
+        return report(True, f"{sum(truth.values())} nodes, every type counted right.", "")
+    directions = []
+    for kind in wrong:
+        guess, real = answer.get(kind, 0), truth.get(kind, 0)
+        directions.append(f"{kind} is too {'high' if guess > real else 'low'}")
+    hint = "; ".join(directions) + ". Which nodes still lead to a trainable leaf?"
+    return report(False, "", hint)
+
+
+def check_backward_flops(
+    answer: int,
+    model: nn.Module,
+    example_input: ModelInput,
+    frozen_units: Sequence[str],
+) -> bool:
+    """Check a predicted backward FLOP count for a freeze (notebook 01)."""
+    with exactly_frozen(model, frozen_units):
+        truth = count_flops(model, example_input).backward
+    if answer == truth:
+        return report(True, f"{truth:,} backward FLOPs.", "")
+    if truth and answer in (2 * truth, truth // 2):
+        hint = "off by a factor of 2: a multiply-add counts as 2 FLOPs, each matmul once."
+    else:
+        hint = "too high" if answer > truth else "too low"
+        hint += ": count, per Linear, a weight-gradient matmul if it is trainable and an "
+        hint += "input-gradient matmul if anything before it is trainable."
+    return report(False, "", hint)
+
+
+def check_saved_bytes(
+    answer: int,
+    model: nn.Module,
+    example_input: ModelInput,
+    frozen_units: Sequence[str],
+) -> bool:
+    """Check a predicted number of activation bytes saved for backward (notebook 01)."""
+    with exactly_frozen(model, frozen_units):
+        truth = saved_activation_bytes(model, example_input)
+    if answer == truth:
+        return report(True, f"{truth:,} bytes saved for backward.", "")
+    hint = "too high" if answer > truth else "too low"
+    return report(False, "", hint + ": which tensors does each backward node need to keep?")
+
+
+def check_units_order(answer: Sequence[str], model: nn.Module, example_input: ModelInput) -> bool:
+    """Check a predicted forward-execution order of a model's units (notebook 01)."""
+    truth = execution_order(model, example_input)
+    if list(answer) == truth:
+        return report(True, "that is the order the forward pass uses the parameters.", "")
+    if sorted(answer) != sorted(truth):
+        return report(False, "", f"list each of the {len(truth)} units exactly once.")
+    first_wrong = next(i for i, (a, t) in enumerate(zip(answer, truth, strict=True)) if a != t)
+    return report(False, "", f"the first {first_wrong} are right; position {first_wrong} is not.")
