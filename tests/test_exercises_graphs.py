@@ -3,7 +3,7 @@
 import torch
 
 from autograd_cost import count_flops, mlp, node_counts
-from autograd_cost.exercises import (
+from autograd_cost.exercises.graphs import (
     check_backward_flops,
     check_node_counts,
     check_saved_bytes,

@@ -1,4 +1,4 @@
-"""Self-check helpers for the notebooks' exercises: they say right or wrong, never the answer."""
+"""Self-checks for notebook 01's exercises: graphs, node counts, FLOPs and saved bytes."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from autograd_cost.cost import count_flops, saved_activation_bytes
+from autograd_cost.exercises import report
 from autograd_cost.freezing import ModelInput, exactly_frozen, execution_order
 from autograd_cost.graph import model_loss, node_counts
-
-
-def report(ok: bool, success: str, hint: str) -> bool:
-    """Print a one-line verdict and return it (used by every checker)."""
-    print(f"✅ Correct: {success}" if ok else f"❌ Not yet: {hint}")
-    return ok
 
 
 def check_node_counts(
