@@ -7,9 +7,11 @@ import torch
 
 from autograd_cost import (
     backward_nodes,
+    count_table,
     draw_freeze,
     draw_graph,
     execution_order,
+    format_nodes,
     freeze_units,
     mlp,
     model_loss,
@@ -56,6 +58,24 @@ def test_removed_nodes_match_the_graph_pytorch_builds_when_frozen(course_model, 
         freeze_units(model, names)
         assert node_counts(model_loss(model, x)) == predicted, (which, depth)
         model.requires_grad_(True)
+
+
+def test_first_trainable_layer_after_a_frozen_prefix_needs_no_input_gradient():
+    model = mlp(width=8, depth=2)
+    freeze_units(model, ["fc1"])
+    nodes = backward_nodes(model_loss(model, torch.randn(3, 64)), dict(model.named_parameters()))
+    fc2 = [n for n in nodes if n.kind == "AddmmBackward0"][-1]
+    assert fc2.inputs[1] is None  # addmm(bias, input, weight.T): the input slot is cut
+    table = format_nodes(nodes)
+    assert "AccumulateGrad#0 (head.bias)" in table and "None" in table
+
+
+def test_count_table_lists_every_type_per_case():
+    table = count_table({"a": {"X": 1, "Y": 2}, "b": {"X": 3}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["node", "type", "a", "b"]
+    assert lines[2].split() == ["X", "1", "3"] and lines[3].split() == ["Y", "2", "0"]
+    assert lines[-1].split() == ["total", "3", "3"]
 
 
 def test_suffix_freeze_keeps_backward_nodes_but_drops_weight_gradient_leaves():

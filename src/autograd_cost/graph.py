@@ -24,7 +24,7 @@ class BackwardNode:
     name: str
     kind: str
     parameter: str | None  # for AccumulateGrad: the parameter whose .grad it writes
-    inputs: tuple[str, ...]  # names of the nodes this one sends gradients to
+    inputs: tuple[str | None, ...]  # where this node sends gradients; None: no grad needed
 
 
 def _walk(root: torch.Tensor) -> list[object]:
@@ -63,10 +63,35 @@ def backward_nodes(
     nodes = []
     for fn in fns:
         variable = getattr(fn, "variable", None)
-        inputs = tuple(names[id(c)] for c, _ in fn.next_functions if c is not None)
+        inputs = tuple(None if c is None else names[id(c)] for c, _ in fn.next_functions)
         parameter = param_names.get(id(variable)) if variable is not None else None
         nodes.append(BackwardNode(names[id(fn)], type(fn).__name__, parameter, inputs))
     return nodes
+
+
+def format_nodes(nodes: Sequence[BackwardNode]) -> str:
+    """One line per backward node: where it sends gradients, None for a cut edge (notebook 01)."""
+    width = max((len(n.name) for n in nodes), default=0)
+    lines = []
+    for node in nodes:
+        label = f"{node.name} ({node.parameter})" if node.parameter else node.name
+        targets = ", ".join(str(t) for t in node.inputs) or "-"
+        lines.append(f"{label:<{width + 14}} -> {targets}")
+    return "\n".join(lines)
+
+
+def count_table(counts: dict[str, dict[str, int]]) -> str:
+    """Node counts by type, one column per case, with a total row (notebook 01)."""
+    kinds = sorted({kind for case in counts.values() for kind in case})
+    cases = list(counts)
+    width = max(len(k) for k in [*kinds, "node type"])
+    header = f"{'node type':<{width}}" + "".join(f"{c:>14}" for c in cases)
+    lines = [header, "-" * len(header)]
+    for kind in kinds:
+        lines.append(f"{kind:<{width}}" + "".join(f"{counts[c].get(kind, 0):>14}" for c in cases))
+    lines.append("-" * len(header))
+    lines.append(f"{'total':<{width}}" + "".join(f"{sum(counts[c].values()):>14}" for c in cases))
+    return "\n".join(lines)
 
 
 def node_counts(output: torch.Tensor) -> dict[str, int]:
