@@ -1,0 +1,134 @@
+# Frozen layers, measured -- set-up, tests and notebook runs (GNU make).
+#
+#   make course        set up .venv, then open the course in JupyterLab
+#   make test          set up .venv, then lint, unit tests and notebook tests (nbval)
+#   make notebooks     re-execute every notebook in place (fresh kernel), strip volatile metadata
+#   make notebook NB=notebooks/01_which_nodes_exist.ipynb    the same for one notebook
+#   make clean         remove .venv, caches and results/
+#
+# Overrides: PYTHON=python3.12  IP=0.0.0.0  PORT=8890  PYTHONHASHSEED=0
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# Written after a successful install; reinstalls only when requirements.txt or pyproject.toml change.
+STAMP := $(VENV)/.installed
+
+IP ?= 127.0.0.1
+PORT ?= 8888
+NB ?=
+PYTHONHASHSEED ?= 0
+
+# Tools and Jupyter terminals started from make see the course's Python first.
+export PATH := $(abspath $(BIN)):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup graphviz course test notebooks notebook clean
+
+help:
+	@sed -n '3,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+
+# ---------------------------------------------------------------- environment
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: '$(PYTHON)' was not found. Install Python >= 3.10, or point make at one:" >&2; \
+	  echo "       make $(or $(MAKECMDGOALS),course) PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+	  echo "error: this course needs Python >= 3.10, but '$(PYTHON)' is $$($(PYTHON) -V 2>&1)." >&2; \
+	  echo "       Install a newer Python and run: make $(or $(MAKECMDGOALS),course) PYTHON=python3.11" >&2; exit 1; }
+	@echo "Creating virtualenv $(VENV) with $$($(PYTHON) -V 2>&1)"
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "error: could not create $(VENV). On Debian/Ubuntu: sudo apt-get install python3-venv" >&2; exit 1; }
+
+# setuptools is pinned in requirements.txt, so the project is built with that backend in place
+# (--no-build-isolation): same version everywhere, and no network needed for this step.
+$(STAMP): requirements.txt pyproject.toml | $(PY)
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+	  echo "error: $(VENV) runs $$($(PY) -V 2>&1); this course needs >= 3.10. Run 'make clean' first." >&2; exit 1; }
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-build-isolation -e .
+	@touch $@
+
+define NO_DOT_HELP
+error: Graphviz's `dot` program is missing and could not be installed automatically.
+Install it with the command for your system, then run make again:
+  sudo apt-get install -y graphviz            # Debian / Ubuntu
+  brew install graphviz                       # macOS (Homebrew)
+  conda install -c conda-forge graphviz       # conda / mamba environment
+endef
+export NO_DOT_HELP
+
+# Cheap when dot is present (one `command -v`); installs the system package only when missing.
+graphviz:
+	@if command -v dot >/dev/null 2>&1; then exit 0; fi; \
+	echo "Graphviz 'dot' not found; trying to install the 'graphviz' system package ..."; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y graphviz; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 \
+	     && sudo -n true >/dev/null 2>&1; then \
+	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update && \
+	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y graphviz; \
+	else \
+	  echo "$$NO_DOT_HELP" >&2; exit 1; \
+	fi; \
+	command -v dot >/dev/null 2>&1 || { echo "$$NO_DOT_HELP" >&2; exit 1; }
+
+setup: $(STAMP) graphviz
+
+# ---------------------------------------------------------------- course
+
+# Opens notebooks/00_start_here.ipynb, else the first notebooks/*.ipynb in sorted order.
+# Headless Linux (no DISPLAY / WAYLAND_DISPLAY): no browser; open the printed URL (with token).
+course: setup
+	@nb=notebooks/00_start_here.ipynb; \
+	if [ ! -f "$$nb" ]; then \
+	  nb=$$(find notebooks -maxdepth 1 -name '*.ipynb' 2>/dev/null | LC_ALL=C sort | awk 'NR == 1'); \
+	fi; \
+	args=(--ServerApp.ip='$(IP)' --ServerApp.port='$(PORT)' --ServerApp.root_dir="$(CURDIR)"); \
+	if [ -n "$$nb" ]; then args+=(--LabApp.default_url="/lab/tree/$$nb"); fi; \
+	headless=; \
+	if [ "$$(uname -s)" = Linux ] && [ -z "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ]; then \
+	  headless=1; args+=(--no-browser); \
+	fi; \
+	if [ "$$(id -u)" -eq 0 ]; then args+=(--allow-root); fi; \
+	echo; echo "Starting JupyterLab at $${nb:-notebooks/} (Ctrl-C twice to stop)."; \
+	if [ -n "$$headless" ]; then \
+	  echo "No display found: open the http://...?token=... URL printed below in your browser."; \
+	fi; \
+	echo; \
+	exec $(BIN)/jupyter lab "$${args[@]}"
+
+# ---------------------------------------------------------------- tests
+
+# MPLBACKEND=Agg for the unit tests only: notebook kernels keep Jupyter's inline backend,
+# otherwise figures would not be displayed and nbval would miss their outputs.
+test: setup
+	$(BIN)/ruff check src tests tools
+	MPLBACKEND=Agg PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) -m pytest tests -q
+	env -u MPLBACKEND PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) -m pytest --nbval notebooks/ -q
+
+# ---------------------------------------------------------------- notebooks
+
+notebooks: setup
+	PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) tools/run_notebooks.py
+
+notebook: setup
+	@[ -n '$(NB)' ] || { echo "usage: make notebook NB=notebooks/01_which_nodes_exist.ipynb" >&2; exit 1; }
+	PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) tools/run_notebooks.py '$(NB)'
+
+# ---------------------------------------------------------------- clean
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache results build dist
+	find . -path ./.git -prune -o -type d \
+	  \( -name __pycache__ -o -name .ipynb_checkpoints -o -name '*.egg-info' \) -prune \
+	  -exec rm -rf {} +
