@@ -55,4 +55,4 @@ def test_units_order_checker(capsys):
     assert not check_units_order(["fc1", "head", "fc2"], model, x)
     assert not check_units_order(["fc1"], model, x)
     out = capsys.readouterr().out
-    assert "position 1 is not" in out and "exactly once" in out
+    assert "entry 1 (counting from 0) is wrong" in out and "exactly once" in out

@@ -133,7 +133,7 @@ def test_cli_prints_json_rows_and_saves_a_plot(capsys, tmp_path):
 def test_cli_table_and_bad_arguments(capsys):
     assert main(["profile", "--model", "cnn", "--width", "2", "--batch", "2", "--mode", "prefix",
                  "--repeats", "1"]) == 0
-    assert "bwd MFLOP" in capsys.readouterr().out
+    assert "bwd FLOPs" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["profile", "--model", "vgg"])
     assert "invalid choice: 'vgg'" in capsys.readouterr().err

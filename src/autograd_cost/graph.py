@@ -85,12 +85,16 @@ def count_table(counts: dict[str, dict[str, int]]) -> str:
     kinds = sorted({kind for case in counts.values() for kind in case})
     cases = list(counts)
     width = max(len(k) for k in [*kinds, "node type"])
-    header = f"{'node type':<{width}}" + "".join(f"{c:>14}" for c in cases)
+    col = max(len(c) for c in cases) + 2
+    header = f"{'node type':<{width}}" + "".join(f"{c:>{col}}" for c in cases)
+
+    def line(label: str, values: list[int]) -> str:
+        return f"{label:<{width}}" + "".join(f"{v:>{col}}" for v in values)
+
     lines = [header, "-" * len(header)]
-    for kind in kinds:
-        lines.append(f"{kind:<{width}}" + "".join(f"{counts[c].get(kind, 0):>14}" for c in cases))
+    lines += [line(kind, [counts[c].get(kind, 0) for c in cases]) for kind in kinds]
     lines.append("-" * len(header))
-    lines.append(f"{'total':<{width}}" + "".join(f"{sum(counts[c].values()):>14}" for c in cases))
+    lines.append(line("total", [sum(counts[c].values()) for c in cases]))
     return "\n".join(lines)
 
 

@@ -179,23 +179,26 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_profile(rows: list[dict[str, Any]], timings: bool = True) -> str:
     """A readable table of profile rows; timings=False keeps only deterministic columns."""
-    columns = ["mode", "depth", "trainable", "fwd MFLOP", "bwd MFLOP", "saved KiB"]
+    columns = ["mode", "depth", "trainable", "fwd FLOPs", "bwd FLOPs", "saved bytes"]
     if timings:
         columns += ["bwd ms", "IQR ms"]
-    lines = ["  ".join(f"{c:>10}" for c in columns)]
+    table = []
     for r in rows:
         cells = [
             r["mode"],
-            r["depth"],
+            str(r["depth"]),
             f"{r['trainable_params']:,}",
-            f"{r['forward_flops'] / 1e6:.2f}",
-            f"{r['backward_flops'] / 1e6:.2f}",
-            f"{r['saved_activation_bytes'] / 1024:.1f}",
+            f"{r['forward_flops']:,}",
+            f"{r['backward_flops']:,}",
+            f"{r['saved_activation_bytes']:,}",
         ]
         if timings:
             seconds, iqr = r["backward_seconds"], r["backward_seconds_iqr"]
             cells += [f"{seconds * 1e3:.2f}", f"{iqr * 1e3:.2f}"]
-        lines.append("  ".join(f"{c:>10}" for c in cells))
+        table.append(cells)
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=True)) for row in table]
     return "\n".join(lines)
 
 

@@ -75,4 +75,5 @@ def check_units_order(answer: Sequence[str], model: nn.Module, example_input: Mo
     if sorted(answer) != sorted(truth):
         return report(False, "", f"list each of the {len(truth)} units exactly once.")
     first_wrong = next(i for i, (a, t) in enumerate(zip(answer, truth, strict=True)) if a != t)
-    return report(False, "", f"the first {first_wrong} are right; position {first_wrong} is not.")
+    hint = f"entry {first_wrong} (counting from 0) is wrong; any before it are right."
+    return report(False, "", hint)
