@@ -112,7 +112,8 @@ course: setup
 # MPLBACKEND=Agg for the unit tests only: notebook kernels keep Jupyter's inline backend,
 # otherwise figures would not be displayed and nbval would miss their outputs.
 test: setup
-	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff check src tests tools notebooks
+	$(PY) tools/check_notebooks.py
 	MPLBACKEND=Agg PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) -m pytest tests -q
 	env -u MPLBACKEND PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) -m pytest --nbval notebooks/ -q
 
