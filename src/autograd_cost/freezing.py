@@ -16,6 +16,8 @@ ModelInput = torch.Tensor | tuple[torch.Tensor, ...]
 
 def units(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Modules that directly own parameters, by name, in definition order (notebook 01)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     owned = {
         name: [p for _, p in module.named_parameters(recurse=False)]
         for name, module in model.named_modules()

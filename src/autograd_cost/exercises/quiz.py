@@ -1,0 +1,86 @@
+"""The self-assessment quiz of notebook 00: each question points to the notebook that teaches it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autograd_cost.exercises import report
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice question, its options, the right letter and where it is taught."""
+
+    text: str
+    options: dict[str, str]
+    answer: str
+    notebook: str
+
+
+QUESTIONS: dict[int, Question] = {
+    1: Question(
+        "Freezing the first half of an MLP's layers, or the last half: which saves more "
+        "backward FLOPs?",
+        {"a": "the first half", "b": "the last half", "c": "both save the same"},
+        "a",
+        "01_which_nodes_exist",
+    ),
+    2: Question(
+        "After backward, what is the .grad of a parameter with requires_grad=False?",
+        {"a": "a tensor of zeros", "b": "None", "c": "the gradient, just never applied"},
+        "b",
+        "01_which_nodes_exist",
+    ),
+    3: Question(
+        "If backward is about twice the forward's cost, what is the most that freezing can "
+        "speed up a whole training step?",
+        {"a": "no limit, if enough is frozen", "b": "about 3x", "c": "about 2x"},
+        "b",
+        "02_cost_vs_freeze_depth",
+    ),
+    4: Question(
+        "Leaving parameters out of the optimizer but keeping requires_grad=True: does "
+        "backward get cheaper?",
+        {"a": "yes, the optimizer tells autograd to skip them", "b": "no"},
+        "b",
+        "03_ways_to_freeze",
+    ),
+    5: Question(
+        "Rebuilding a weight with torch.cat of a frozen piece and a trainable piece: how "
+        "many backward FLOPs does that save?",
+        {"a": "the frozen piece's share", "b": "none"},
+        "b",
+        "04_partial_weight_freeze",
+    ),
+    6: Question(
+        "Why does caching a frozen backbone's features beat merely freezing it?",
+        {"a": "it has fewer parameters", "b": "the frozen forward runs once, not every epoch",
+         "c": "it uses less optimizer state"},
+        "b",
+        "05_transfer_and_progressive",
+    ),
+}
+
+
+def show_quiz() -> None:
+    """Print every question with its options (notebook 00)."""
+    for number, question in QUESTIONS.items():
+        print(f"Q{number}. {question.text}")
+        for letter, option in question.options.items():
+            print(f"     ({letter}) {option}")
+
+
+def check_quiz(answers: dict[int, str]) -> bool:
+    """Check quiz answers; for each miss, name the notebook that teaches it (notebook 00)."""
+    unknown = sorted(set(answers) - set(QUESTIONS))
+    if unknown:
+        raise ValueError(f"unknown question number(s) {unknown}; valid are {sorted(QUESTIONS)}")
+    for number, letter in answers.items():
+        options = QUESTIONS[number].options
+        if str(letter).lower() not in options:
+            raise ValueError(f"Q{number}: answer {letter!r} is not one of {sorted(options)}")
+    missed = [n for n in QUESTIONS if str(answers.get(n, "")).lower() != QUESTIONS[n].answer]
+    if not missed:
+        return report(True, f"all {len(QUESTIONS)} answers right.", "")
+    where = "; ".join(f"Q{n}: see {QUESTIONS[n].notebook}" for n in missed)
+    return report(False, "", f"{len(missed)} of {len(QUESTIONS)} to revisit. {where}")

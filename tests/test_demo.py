@@ -1,0 +1,59 @@
+"""The classroom demo: deterministic snapshot, bars, and a slider that redraws."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+
+from autograd_cost import count_flops, mlp, saved_activation_bytes
+from autograd_cost.demo import cost_bars, depth_snapshot, freeze_depth_slider, show_depth
+from autograd_cost.freezing import exactly_frozen
+
+
+def test_snapshot_matches_direct_measurements_and_leaves_the_model_alone():
+    model, x = mlp(width=8, depth=2), torch.randn(4, 64)
+    snap = depth_snapshot(model, x, 2, "prefix")
+    assert snap.frozen_units == ["fc1", "fc2"]
+    with exactly_frozen(model, ["fc1", "fc2"]):
+        assert snap.backward_flops == count_flops(model, x).backward
+        assert snap.saved_bytes == saved_activation_bytes(model, x)
+    assert snap.unfrozen_backward_flops == count_flops(model, x).backward
+    assert all(p.requires_grad for p in model.parameters())
+    text = str(snap)
+    assert "prefix depth 2 (frozen: fc1, fc2)" in text and "% of unfrozen" in text
+
+
+def test_show_depth_marks_the_frozen_suffix():
+    picture, snap = show_depth(mlp(width=8, depth=2), torch.randn(4, 64), 1, "suffix")
+    assert snap.frozen_units == ["head"]
+    assert "3 removed by freezing" in repr(picture)
+
+
+def test_bad_mode_and_depth_raise_clear_errors():
+    model, x = mlp(width=8, depth=1), torch.randn(2, 64)
+    with pytest.raises(ValueError, match="valid modes"):
+        depth_snapshot(model, x, 1, "middle")
+    with pytest.raises(ValueError, match=r"valid depths are 0\.\.2"):
+        depth_snapshot(model, x, 3)
+    with pytest.raises(TypeError, match=r"must be a torch\.nn\.Module"):
+        depth_snapshot("model", x, 1)
+
+
+def test_bars_show_time_only_when_measured():
+    snap = depth_snapshot(mlp(width=8, depth=2), torch.randn(4, 64), 1)
+    assert len(cost_bars(snap).axes[0].patches) == 2
+    assert len(cost_bars(snap, time_ms=1.0, unfrozen_ms=2.0).axes[0].patches) == 3
+
+
+def test_slider_redraws_when_moved():
+    model, x = mlp(width=8, depth=2), torch.randn(4, 64)
+    box = freeze_depth_slider(model, x)
+    depth, mode = box.children[0].children
+    graph_out, bars_out = box.children[1].children
+    assert depth.max == 3 and list(mode.options) == ["prefix", "suffix"]
+    depth.value = 2
+    svg = graph_out.outputs[-1]["data"]
+    assert "image/svg+xml" in svg and "10 removed by freezing" in svg["text/plain"]
+    assert bars_out.outputs and all(p.requires_grad for p in model.parameters())
