@@ -1,0 +1,604 @@
+"""The ways to freeze, what each costs, and the bugs each invites (notebook 03)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.optim import Optimizer
+from torch.utils.flop_counter import FlopCounterMode
+
+from autograd_cost.cost import Timing, saved_activation_bytes, summarize_times, synchronize
+from autograd_cost.freezing import preserved_state, units
+from autograd_cost.graph import GraphPicture, backward_nodes, draw_graph
+
+EVAL_MODULE_TYPES = (_BatchNorm, _InstanceNorm, nn.LayerNorm, nn.GroupNorm, _DropoutNd)
+
+# ---------------------------------------------------------------- data
+
+
+def load_digit_images(count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) floats in [0, 1] and int64 labels (notebook 03)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    if count is not None and (not isinstance(count, int) or not 1 <= count <= len(digits.target)):
+        raise ValueError(f"count must be an int in 1..{len(digits.target)} or None, got {count!r}")
+    images = torch.tensor(digits.images[:count], dtype=torch.float32).unsqueeze(1) / 16.0
+    return images, torch.tensor(digits.target[:count], dtype=torch.int64)
+
+
+# ---------------------------------------------------------------- freeze()
+
+
+def named_modules_of(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The modules called `names` in model.named_modules(), with a clear error (notebook 03)."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of module names, not the string {names!r}")
+    if not names:
+        raise ValueError("names is empty: name at least one module to freeze")
+    modules = {name: module for name, module in model.named_modules() if name}
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(f"unknown module(s) {unknown}; valid names are {list(modules)}")
+    return [modules[name] for name in names]
+
+
+def parameters_of(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of `modules` and their children, each once, in order (notebook 03)."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for param in module.parameters():
+            seen.setdefault(id(param), param)
+    return list(seen.values())
+
+
+def eval_candidates(modules: Sequence[nn.Module]) -> list[nn.Module]:
+    """Normalization and Dropout modules inside `modules`, each once (notebook 03)."""
+    seen: dict[int, nn.Module] = {}
+    for module in modules:
+        for child in module.modules():
+            if isinstance(child, EVAL_MODULE_TYPES):
+                seen.setdefault(id(child), child)
+    return list(seen.values())
+
+
+def _keep_in_eval(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: a frozen norm layer runs in eval mode even after model.train()."""
+    module.train(False)
+
+
+def _drop_from_groups(optimizer: Optimizer, params: Sequence[nn.Parameter]) -> list[tuple]:
+    """Remove `params` from every param group; return (group, old params) pairs to restore."""
+    ids = {id(p) for p in params}
+    saved = []
+    for group in optimizer.param_groups:
+        saved.append((group, list(group["params"])))
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    return saved
+
+
+class Freeze:
+    """A freeze that is undone by restore() or by leaving its `with` block (notebook 03).
+
+    Applied when built: requires_grad off and .grad set to None for the parameters of the
+    named modules; optionally they leave `optimizer` (param groups and state), and their
+    normalization/Dropout layers run in eval mode, even after a later model.train().
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str],
+        optimizer: Optimizer | None = None,
+        eval_norm: bool = False,
+    ) -> None:
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+            )
+        modules = named_modules_of(model, names)
+        self.params = parameters_of(modules)
+        self.eval_modules = eval_candidates(modules) if eval_norm else []
+        self._flags = [(p, p.requires_grad, p.grad) for p in self.params]
+        self._modes = [(m, m.training) for m in self.eval_modules]
+        self._optimizer = optimizer
+        self._groups: list[tuple] = []
+        self._state: dict = {}
+        self._hooks = [m.register_forward_pre_hook(_keep_in_eval) for m in self.eval_modules]
+        for param in self.params:
+            param.requires_grad_(False)
+            param.grad = None
+        for module in self.eval_modules:
+            module.train(False)
+        if optimizer is not None:
+            self._groups = _drop_from_groups(optimizer, self.params)
+            self._state = {p: optimizer.state.pop(p) for p in self.params if p in optimizer.state}
+
+    @property
+    def removed_from_optimizer(self) -> int:
+        """How many parameter tensors were taken out of the optimizer's groups."""
+        return sum(len(old) - len(group["params"]) for group, old in self._groups)
+
+    def restore(self) -> None:
+        """Undo the freeze: flags, grads, modes, hooks, optimizer groups and state."""
+        for hook in self._hooks:
+            hook.remove()
+        for param, flag, grad in self._flags:
+            param.requires_grad_(flag)
+            param.grad = grad
+        for module, training in self._modes:
+            module.train(training)
+        for group, old in self._groups:
+            group["params"] = old
+        if self._optimizer is not None:
+            self._optimizer.state.update(self._state)
+        self._hooks, self._groups, self._state = [], [], {}
+
+    def __enter__(self) -> Freeze:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def freeze(
+    model: nn.Module,
+    names: Sequence[str],
+    optimizer: Optimizer | None = None,
+    eval_norm: bool = False,
+) -> Freeze:
+    """Freeze the named modules now; `with freeze(...)` restores everything after (notebook 03)."""
+    return Freeze(model, names, optimizer=optimizer, eval_norm=eval_norm)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def optimizer_state_bytes(optimizer: Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state, step counters included (notebook 03)."""
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return sum(
+        value.nbytes
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
+
+
+def grad_bytes(model: nn.Module) -> int:
+    """Bytes held by the parameters' .grad tensors; None costs nothing (notebook 03)."""
+    return sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
+
+
+def grad_state(params: Sequence[torch.Tensor]) -> str:
+    """'None' if no parameter has a .grad, 'zero' if all are zero, else 'non-zero' (notebook 03)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return "None"
+    return "non-zero" if any(bool(g.any()) for g in grads) else "zero"
+
+
+def grad_status(model: nn.Module) -> dict[str, str]:
+    """grad_state of each unit (module owning parameters), by unit name (notebook 03)."""
+    return {name: grad_state(params) for name, params in units(model).items()}
+
+
+def snapshot(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached copies of `tensors`, to measure later changes (notebook 03)."""
+    return [t.detach().clone() for t in tensors]
+
+
+def max_abs_change(tensors: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> float:
+    """The largest absolute change of any element since `before` was taken (notebook 03)."""
+    changes = [(t.detach() - b).abs().max().item() for t, b in zip(tensors, before, strict=True)]
+    return max(changes, default=0.0)
+
+
+def running_stats(modules: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """The floating-point buffers (running mean and var) inside `modules` (notebook 03)."""
+    return [b for m in modules for b in m.buffers() if b.is_floating_point()]
+
+
+# ---------------------------------------------------------------- no_grad / inference_mode
+
+DETACH_HOWS = ("no_grad", "inference_mode", "detach")
+
+
+def _context(how: str):
+    if how == "no_grad":
+        return torch.no_grad()
+    if how == "inference_mode":
+        return torch.inference_mode()
+    return nullcontext()
+
+
+class PartlyDetached(nn.Module):
+    """Run a Sequential with the named children under no_grad, inference_mode or detached.
+
+    Taught in notebook 03. Consecutive named children run as one section; inference tensors
+    are cloned on the way out, since autograd may not save them for backward.
+    """
+
+    def __init__(self, model: nn.Sequential, names: Sequence[str], how: str = "no_grad") -> None:
+        super().__init__()
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(f"PartlyDetached needs an nn.Sequential, got {type(model).__name__}")
+        if how not in DETACH_HOWS:
+            raise ValueError(f"unknown how {how!r}; valid values are {list(DETACH_HOWS)}")
+        children = [name for name, _ in model.named_children()]
+        named_modules_of(model, names)
+        not_children = [name for name in names if name not in children]
+        if not_children:
+            raise ValueError(f"{not_children} are not direct children; valid are {children}")
+        self.model = model
+        self.names = list(names)
+        self.how = how
+
+    def sections(self) -> list[tuple[bool, list[nn.Module]]]:
+        """Runs of consecutive children, each flagged True if it is detached."""
+        runs: list[tuple[bool, list[nn.Module]]] = []
+        for name, child in self.model.named_children():
+            inside = name in self.names
+            if runs and runs[-1][0] == inside:
+                runs[-1][1].append(child)
+            else:
+                runs.append((inside, [child]))
+        return runs
+
+    def _detached(self, modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        with _context(self.how):
+            for module in modules:
+                x = module(x)
+        if self.how == "detach":
+            return x.detach()
+        return x.clone() if x.is_inference() else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for inside, modules in self.sections():
+            if inside:
+                x = self._detached(modules, x)
+            else:
+                for module in modules:
+                    x = module(x)
+        return x
+
+
+# ---------------------------------------------------------------- the six ways
+
+WAYS = OrderedDict(
+    a="requires_grad_(False)",
+    b="left out of the optimizer",
+    c="no_grad() on the frozen part",
+    d="inference_mode() on the frozen part",
+    e="eval() on the frozen part",
+    f="lr=0 param group",
+)
+WAYS["a+e"] = "freeze(..., eval_norm=True)"
+
+
+def _check_way(way: str) -> None:
+    if way not in WAYS:
+        raise ValueError(f"unknown way {way!r}; valid ways are {list(WAYS)}")
+
+
+def _split(model: nn.Module, names: Sequence[str]) -> tuple[list, list]:
+    frozen = parameters_of(named_modules_of(model, names))
+    frozen_ids = {id(p) for p in frozen}
+    return frozen, [p for p in model.parameters() if id(p) not in frozen_ids]
+
+
+def _build_way(
+    model: nn.Module, way: str, names: Sequence[str], lr: float, stack: ExitStack
+) -> tuple[nn.Module, Optimizer]:
+    """The network to call and the Adam optimizer that a way uses."""
+    frozen, trainable = _split(model, names)
+    if way in ("a", "a+e"):
+        stack.enter_context(freeze(model, names, eval_norm=way == "a+e"))
+    if way == "e":
+        for module in named_modules_of(model, names):
+            module.eval()
+    if way == "b":
+        return model, torch.optim.Adam(trainable, lr=lr)
+    if way == "f":
+        groups = [{"params": trainable}, {"params": frozen, "lr": 0.0}]
+        return model, torch.optim.Adam(groups, lr=lr)
+    if way in ("c", "d"):
+        how = "no_grad" if way == "c" else "inference_mode"
+        return PartlyDetached(model, names, how), torch.optim.Adam(model.parameters(), lr=lr)
+    return model, torch.optim.Adam(model.parameters(), lr=lr)
+
+
+@contextmanager
+def way_setup(
+    model: nn.Module, way: str, names: Sequence[str], lr: float = 1e-3
+) -> Iterator[tuple[nn.Module, Optimizer]]:
+    """(network, Adam) freezing `names` one way; the model is restored after (notebook 03).
+
+    Every parameter starts trainable with .grad None; values, flags, grads, modes and
+    buffers come back, so optimizer steps inside the block leave no trace.
+    """
+    _check_way(way)
+    params = list(model.parameters())
+    values = snapshot(params)
+    try:
+        with preserved_state(model), ExitStack() as stack:
+            for param in params:
+                param.requires_grad_(True)
+            yield _build_way(model, way, names, lr, stack)
+    finally:
+        with torch.no_grad():
+            for param, value in zip(params, values, strict=True):
+                param.copy_(value)
+
+
+def classification_loss(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Cross-entropy of the model output against `target` (notebook 03)."""
+    return lambda output: F.cross_entropy(output, target)
+
+
+@dataclass(frozen=True)
+class WayRow:
+    """What one training step costs and changes under one way of freezing (notebook 03)."""
+
+    way: str
+    grads: dict[str, str]
+    graph_nodes: int
+    backward_flops: int
+    saved_bytes: int
+    grad_bytes: int
+    optimizer_state_bytes: int
+    frozen_weight_change: float
+    running_stats_change: float
+
+
+def measure_way(
+    model: nn.Module, way: str, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
+) -> WayRow:
+    """One Adam step on (x, y) under a way of freezing, measured (notebook 03)."""
+    loss_fn = classification_loss(y)
+    with way_setup(model, way, names) as (net, optimizer):
+        saved = saved_activation_bytes(net, x, loss_fn)
+        modules = named_modules_of(model, names)
+        frozen, stats = parameters_of(modules), running_stats(modules)
+        weights_before, stats_before = snapshot(frozen), snapshot(stats)
+        loss = loss_fn(net(x))
+        nodes = len(backward_nodes(loss))
+        with FlopCounterMode(display=False) as counter:
+            loss.backward()
+        optimizer.step()
+        return WayRow(
+            way=way,
+            grads=grad_status(model),
+            graph_nodes=nodes,
+            backward_flops=counter.get_total_flops(),
+            saved_bytes=saved,
+            grad_bytes=grad_bytes(model),
+            optimizer_state_bytes=optimizer_state_bytes(optimizer),
+            frozen_weight_change=max_abs_change(frozen, weights_before),
+            running_stats_change=max_abs_change(stats, stats_before),
+        )
+
+
+def compare_ways(
+    model: nn.Module,
+    names: Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ways: Sequence[str] = tuple(WAYS),
+) -> list[WayRow]:
+    """measure_way for each way, each from the same starting model (notebook 03)."""
+    return [measure_way(model, way, names, x, y) for way in ways]
+
+
+def draw_way(
+    model: nn.Module, way: str, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
+) -> GraphPicture:
+    """The full graph, with the nodes this way never builds dashed (notebook 03).
+
+    Dashed nodes lead only to parameters that end the way's backward with .grad None.
+    """
+    loss_fn = classification_loss(y)
+    with way_setup(model, way, names) as (net, _):
+        loss_fn(net(x)).backward()
+        no_grad = [p for p in model.parameters() if p.grad is None]
+    with preserved_state(model):
+        for param in model.parameters():
+            param.requires_grad_(True)
+        loss = loss_fn(model(x))
+        return draw_graph(loss, dict(model.named_parameters()), frozen=no_grad)
+
+
+def _timed_way_backward(
+    model: nn.Module, way: str, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
+) -> float:
+    device = x.device
+    with way_setup(model, way, names) as (net, _):
+        loss = F.cross_entropy(net(x), y)
+        synchronize(device)
+        start = time.perf_counter()
+        loss.backward()
+        synchronize(device)
+        return time.perf_counter() - start
+
+
+def interleaved_way_seconds(
+    model: nn.Module,
+    names: Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ways: Sequence[str] = tuple(WAYS),
+    repeats: int = 15,
+) -> dict[str, Timing]:
+    """Backward time of each way, sampled round-robin after a warm-up round (notebook 03)."""
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    for way in ways:
+        _check_way(way)
+        _timed_way_backward(model, way, names, x, y)
+    samples: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(repeats):
+        for way in ways:
+            samples[way].append(_timed_way_backward(model, way, names, x, y))
+    return {way: summarize_times(times) for way, times in samples.items()}
+
+
+def verdict(row: WayRow, cheapest_flops: int) -> str:
+    """A one-phrase verdict on a measured row (notebook 03)."""
+    if row.frozen_weight_change > 0:
+        return "not a freeze: weights move"
+    if row.backward_flops > cheapest_flops:
+        return "frozen, but full backward cost"
+    if row.running_stats_change > 0:
+        return "cheap, but BN stats drift"
+    return "cheap and fully frozen"
+
+
+def format_ways(rows: Sequence[WayRow]) -> str:
+    """The deterministic verdict table of compare_ways rows (notebook 03)."""
+    cheapest = min(r.backward_flops for r in rows)
+    header = (
+        f"{'way':<4} {'how':<36} {'bwd MFLOP':>9} {'saved KiB':>9} {'.grad KiB':>9} "
+        f"{'Adam KiB':>8} {'weights Δ':>9} {'BN Δ':>7}  verdict"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.way:<4} {WAYS[r.way]:<36} {r.backward_flops / 1e6:>9.2f} "
+            f"{r.saved_bytes / 1024:>9.1f} {r.grad_bytes / 1024:>9.1f} "
+            f"{r.optimizer_state_bytes / 1024:>8.1f} {_yes_no(r.frozen_weight_change):>9} "
+            f"{_yes_no(r.running_stats_change):>7}  {verdict(r, cheapest)}"
+        )
+    return "\n".join(lines)
+
+
+def _yes_no(change: float) -> str:
+    return "moved" if change > 0 else "0"
+
+
+def format_grad_table(rows: Sequence[WayRow]) -> str:
+    """Per way, each unit's .grad after the step: None, zero or non-zero (notebook 03)."""
+    unit_names = list(rows[0].grads)
+    header = f"{'way':<4} " + " ".join(f"{name:>9}" for name in unit_names)
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r.way:<4} " + " ".join(f"{r.grads[n]:>9}" for n in unit_names))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- training, for the bugs
+
+
+def train_steps(
+    net: nn.Module,
+    optimizer: Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    batch_size: int = 64,
+    set_to_none: bool = True,
+) -> list[float]:
+    """Minibatch steps on consecutive slices of (x, y), wrapping around; the losses (notebook 03).
+
+    set_to_none=False zeroes grads in place, PyTorch's zero_grad default before 2.0.
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(x):
+        raise ValueError(f"batch_size must be an int in 1..{len(x)}, got {batch_size!r}")
+    losses = []
+    for step in range(steps):
+        start = (step * batch_size) % (len(x) - batch_size + 1)
+        optimizer.zero_grad(set_to_none=set_to_none)
+        loss = F.cross_entropy(net(x[start : start + batch_size]), y[start : start + batch_size])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+OPTIMIZERS = {
+    "SGD": lambda params: torch.optim.SGD(params, lr=0.05),
+    "SGD+momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "AdamW": lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1),
+}
+DRIFT_FIXES = ("none (zero grads)", "grads set to None", "dropped from optimizer")
+
+
+def frozen_drift(
+    build: Callable[[], nn.Module],
+    optimizer_name: str,
+    fix: str,
+    names: Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int = 20,
+) -> float:
+    """Train, freeze `names` mid-way, train on: how far do the frozen weights move (notebook 03)?
+
+    The freeze sets requires_grad=False; the fix decides what happens to grads and optimizer.
+    The model is built on x's device.
+    """
+    if optimizer_name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer_name!r}; valid are {list(OPTIMIZERS)}")
+    if fix not in DRIFT_FIXES:
+        raise ValueError(f"unknown fix {fix!r}; valid fixes are {list(DRIFT_FIXES)}")
+    model = build().to(x.device)
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
+    train_steps(model, optimizer, x, y, steps)
+    frozen = parameters_of(named_modules_of(model, names))
+    if fix == "dropped from optimizer":
+        freeze(model, names, optimizer=optimizer)
+    for param in frozen:
+        param.requires_grad_(False)
+        if fix == "none (zero grads)":
+            param.grad = torch.zeros_like(param)
+    before = snapshot(frozen)
+    train_steps(model, optimizer, x, y, steps, set_to_none=fix != "none (zero grads)")
+    return max_abs_change(frozen, before)
+
+
+# ---------------------------------------------------------------- the forum's models
+
+
+def forum_mlp(seed: int = 0) -> nn.Sequential:
+    """Three Linear layers 10→20→10→5 with ReLUs, like seed 004's first example (notebook 03)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            layer1=nn.Linear(10, 20),
+            relu1=nn.ReLU(),
+            layer2=nn.Linear(20, 10),
+            relu2=nn.ReLU(),
+            layer3=nn.Linear(10, 5),
+        )
+    )
+
+
+def forum_cnn(seed: int = 0) -> nn.Sequential:
+    """Two Conv+ReLU+pool blocks on 3x28x28 and two Linear layers, like seed 004 (notebook 03)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 16, 3, padding=1),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(16, 32, 3, padding=1),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(32 * 7 * 7, 128),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(128, 10),
+        )
+    )

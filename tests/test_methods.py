@@ -1,0 +1,384 @@
+"""freeze(), memory accounting, the six ways and the bug demos, against PyTorch oracles."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autograd_cost.cost import Timing, count_flops
+from autograd_cost.freezing import exactly_frozen, units
+from autograd_cost.methods import (
+    DRIFT_FIXES,
+    WAYS,
+    PartlyDetached,
+    WayRow,
+    compare_ways,
+    draw_way,
+    eval_candidates,
+    format_grad_table,
+    format_ways,
+    forum_cnn,
+    forum_mlp,
+    freeze,
+    frozen_drift,
+    grad_bytes,
+    grad_state,
+    grad_status,
+    interleaved_way_seconds,
+    load_digit_images,
+    max_abs_change,
+    named_modules_of,
+    optimizer_state_bytes,
+    parameters_of,
+    snapshot,
+    train_steps,
+    verdict,
+)
+from autograd_cost.models import small_cnn
+
+EARLY = ["conv1", "bn1", "conv2", "bn2"]
+
+
+def cnn_and_batch(batch=8):
+    model = small_cnn(channels=4, hidden=8)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 1, 8, 8, generator=generator)
+    y = torch.randint(10, (batch,), generator=generator)
+    return model, x, y
+
+
+def state_of(model):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(p.requires_grad, p.grad) for p in model.parameters()],
+        [m.training for m in model.modules()],
+    )
+
+
+def assert_same_state(model, before):
+    tensors, flags, modes = before
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, tensors[key]), key
+    now = [(p.requires_grad, p.grad) for p in model.parameters()]
+    assert [f for f, _ in now] == [f for f, _ in flags]
+    assert all(a is b for (_, a), (_, b) in zip(now, flags, strict=True))
+    assert [m.training for m in model.modules()] == modes
+
+
+# ---------------------------------------------------------------- freeze()
+
+
+def test_freeze_turns_off_requires_grad_and_clears_grads():
+    model, x, y = cnn_and_batch()
+    F.cross_entropy(model(x), y).backward()
+    handle = freeze(model, EARLY)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"{u}.{k}" for u in EARLY for k in ("weight", "bias")} - {
+        "conv1.bias", "conv2.bias"
+    }
+    assert all(p.grad is None for p in handle.params)
+    assert model.fc.weight.grad is not None
+    handle.restore()
+    assert all(p.requires_grad and p.grad is not None for p in model.parameters())
+
+
+def test_freeze_drops_frozen_parameters_from_every_group_and_state():
+    model, x, y = cnn_and_batch()
+    optimizer = torch.optim.Adam(
+        [{"params": [*model.conv1.parameters(), *model.fc.parameters()]},
+         {"params": [*model.bn1.parameters(), *model.head.parameters()], "lr": 0.1}]
+    )
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    groups_before = [list(g["params"]) for g in optimizer.param_groups]
+    conv1_state = optimizer.state[model.conv1.weight]
+    with freeze(model, ["conv1", "bn1"], optimizer=optimizer) as handle:
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        assert not held & {id(p) for p in handle.params}
+        assert held == {id(p) for p in [*model.fc.parameters(), *model.head.parameters()]}
+        assert all(p not in optimizer.state for p in handle.params)
+        assert handle.removed_from_optimizer == 3  # conv1.weight, bn1.weight, bn1.bias
+        assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["lr"] == 0.1
+    assert [list(g["params"]) for g in optimizer.param_groups] == groups_before
+    assert optimizer.state[model.conv1.weight] is conv1_state
+
+
+def test_frozen_parameters_dropped_from_the_optimizer_do_not_move():
+    model, x, y = cnn_and_batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    train_steps(model, optimizer, x, y, steps=2, batch_size=4)
+    freeze(model, EARLY, optimizer=optimizer)
+    frozen = parameters_of(named_modules_of(model, EARLY))
+    before = snapshot(frozen)
+    train_steps(model, optimizer, x, y, steps=3, batch_size=4, set_to_none=False)
+    assert max_abs_change(frozen, before) == 0.0
+
+
+def test_freeze_restores_everything_after_an_exception():
+    model, x, y = cnn_and_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    model.bn1.eval()
+    before = state_of(model)
+    groups = [list(g["params"]) for g in optimizer.param_groups]
+    buffers = {p: s["momentum_buffer"] for p, s in optimizer.state.items()}
+    with pytest.raises(RuntimeError, match="boom"), freeze(
+        model, EARLY, optimizer=optimizer, eval_norm=True
+    ):
+        raise RuntimeError("boom")
+    assert_same_state(model, before)
+    assert [list(g["params"]) for g in optimizer.param_groups] == groups
+    assert all(optimizer.state[p]["momentum_buffer"] is b for p, b in buffers.items())
+    model.train()
+    model(x)  # no leftover hook keeps bn2 in eval
+    assert model.bn2.training
+
+
+def test_eval_norm_keeps_running_stats_even_after_model_train():
+    model, x, _ = cnn_and_batch()
+    stats = [model.bn1.running_mean, model.bn2.running_var]
+    before = snapshot(stats)
+    with freeze(model, EARLY, eval_norm=True) as handle:
+        assert set(handle.eval_modules) == {model.bn1, model.bn2}
+        model.train()
+        model(x)
+        assert max_abs_change(stats, before) == 0.0
+        assert int(model.bn1.num_batches_tracked) == 0
+    model(x)
+    assert max_abs_change(stats, before) > 0
+
+
+def test_without_eval_norm_a_frozen_batchnorm_still_updates_its_stats():
+    model, x, _ = cnn_and_batch()
+    before = snapshot([model.bn1.running_mean])
+    with freeze(model, EARLY):
+        model(x)
+    assert max_abs_change([model.bn1.running_mean], before) > 0
+
+
+def test_eval_norm_covers_dropout_layernorm_and_groupnorm():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Dropout(0.5),
+                          nn.GroupNorm(2, 4), nn.Linear(4, 2))
+    x = torch.randn(16, 4)
+    assert len(eval_candidates([model])) == 3
+    with freeze(model, ["0", "1", "2", "3"], eval_norm=True):
+        model.train()
+        assert torch.equal(model(x), model(x))  # dropout is off
+    assert model[2].training
+
+
+def test_freeze_rejects_bad_input():
+    model, _, _ = cnn_and_batch()
+    with pytest.raises(TypeError, match="not the string"):
+        freeze(model, "conv1")
+    with pytest.raises(ValueError, match="valid names"):
+        freeze(model, ["conv9"])
+    with pytest.raises(ValueError, match="empty"):
+        freeze(model, [])
+    with pytest.raises(TypeError, match="Optimizer"):
+        freeze(model, ["conv1"], optimizer=[model.conv1.weight])
+
+
+# ---------------------------------------------------------------- memory
+
+
+def test_adam_state_is_two_float32_moments_per_trainable_element_plus_step_counters():
+    model, x, y = cnn_and_batch()
+    optimizer = torch.optim.Adam(model.parameters())
+    with freeze(model, EARLY):
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        expected = 2 * 4 * sum(p.numel() for p in trainable) + 4 * len(trainable)
+        assert optimizer_state_bytes(optimizer) == expected
+        assert set(optimizer.state) == set(trainable)
+
+
+def test_sgd_without_momentum_keeps_no_state_and_bad_input_is_rejected():
+    model, x, y = cnn_and_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert optimizer_state_bytes(optimizer) == 0
+    with pytest.raises(TypeError, match="Optimizer"):
+        optimizer_state_bytes(model)
+
+
+def test_grad_bytes_and_grad_states():
+    model, x, y = cnn_and_batch()
+    assert grad_bytes(model) == 0
+    with freeze(model, EARLY):
+        F.cross_entropy(model(x), y).backward()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert grad_bytes(model) == 4 * trainable
+        status = grad_status(model)
+    assert status == {"conv1": "None", "bn1": "None", "conv2": "None", "bn2": "None",
+                      "fc": "non-zero", "head": "non-zero"}
+    model.head.weight.grad.zero_()
+    model.head.bias.grad.zero_()
+    assert grad_state(list(model.head.parameters())) == "zero"
+
+
+# ---------------------------------------------------------------- no_grad / inference_mode
+
+
+@pytest.mark.parametrize("how", ["no_grad", "inference_mode", "detach"])
+def test_partly_detached_gives_the_same_output_and_cuts_gradients(how):
+    model, x, y = cnn_and_batch()
+    model.eval()
+    net = PartlyDetached(model, ["fc"], how)
+    assert torch.allclose(net(x), model(x))
+    F.cross_entropy(net(x), y).backward()
+    assert grad_status(model) == {u: "None" for u in ["conv1", "bn1", "conv2", "bn2", "fc"]} | {
+        "head": "non-zero"
+    }
+
+
+def test_partly_detached_rejects_bad_input():
+    model, _, _ = cnn_and_batch()
+    with pytest.raises(ValueError, match="valid values"):
+        PartlyDetached(model, ["fc"], "no_autograd")
+    with pytest.raises(TypeError, match="Sequential"):
+        PartlyDetached(nn.Linear(2, 2), ["weight"])
+    with pytest.raises(ValueError, match="valid names"):
+        PartlyDetached(model, ["fc9"])
+
+
+# ---------------------------------------------------------------- the six ways
+
+
+def test_cheap_ways_count_the_same_flops_as_requires_grad_false():
+    model, x, y = cnn_and_batch()
+    before = state_of(model)
+    rows = {r.way: r for r in compare_ways(model, EARLY, x, y)}
+    assert_same_state(model, before)
+
+    def loss_fn(out):
+        return F.cross_entropy(out, y)
+
+    full = count_flops(model, x, loss_fn).backward
+    with exactly_frozen(model, EARLY):
+        frozen = count_flops(model, x, loss_fn).backward
+    assert frozen < full
+    for way in ("a", "c", "d", "a+e"):
+        assert rows[way].backward_flops == frozen
+        assert rows[way].grads["conv1"] == "None"
+    for way in ("b", "e", "f"):
+        assert rows[way].backward_flops == full
+        assert rows[way].grads["conv1"] == "non-zero"
+
+
+def test_way_rows_measure_state_memory_and_movement():
+    model, x, y = cnn_and_batch()
+    rows = {r.way: r for r in compare_ways(model, EARLY, x, y)}
+    numel = {name: sum(p.numel() for p in params) for name, params in units(model).items()}
+    trainable = numel["fc"] + numel["head"]
+    everything = sum(numel.values())
+    tensors = len(list(model.parameters()))
+    assert rows["a"].optimizer_state_bytes == 8 * trainable + 4 * 4  # fc and head: 4 tensors
+    assert rows["b"].optimizer_state_bytes == 8 * trainable + 4 * 4
+    assert rows["f"].optimizer_state_bytes == 8 * everything + 4 * tensors
+    assert rows["a"].grad_bytes == 4 * trainable and rows["b"].grad_bytes == 4 * everything
+    assert rows["e"].frozen_weight_change > 0 and rows["e"].running_stats_change == 0
+    assert rows["f"].frozen_weight_change == 0 and rows["b"].frozen_weight_change == 0
+    assert rows["a"].running_stats_change > 0 and rows["a+e"].running_stats_change == 0
+    assert rows["a"].saved_bytes < rows["b"].saved_bytes
+
+
+def test_draw_way_keeps_exactly_the_nodes_the_way_builds():
+    model, x, y = cnn_and_batch()
+    rows = {r.way: r for r in compare_ways(model, EARLY, x, y, ways=["a", "b"])}
+    cheap = repr(draw_way(model, "a", EARLY, x, y))
+    full = repr(draw_way(model, "b", EARLY, x, y))
+    assert cheap.endswith(f"{rows['a'].graph_nodes} kept")
+    assert full == f"autograd graph: {rows['b'].graph_nodes} backward nodes"
+
+
+def test_verdict_and_tables():
+    model, x, y = cnn_and_batch()
+    rows = compare_ways(model, EARLY, x, y)
+    cheapest = min(r.backward_flops for r in rows)
+    verdicts = {r.way: verdict(r, cheapest) for r in rows}
+    assert verdicts["a+e"] == "cheap and fully frozen"
+    assert verdicts["e"] == "not a freeze: weights move"
+    assert verdicts["b"] == verdicts["f"] == "frozen, but full backward cost"
+    assert verdicts["a"] == "cheap, but BN stats drift"
+    table = format_ways(rows)
+    assert all(WAYS[w] in table for w in WAYS)
+    assert format_grad_table(rows).splitlines()[0].split() == ["way", *units(model)]
+    assert isinstance(rows[0], WayRow)
+
+
+def test_unknown_way_is_rejected():
+    model, x, y = cnn_and_batch()
+    with pytest.raises(ValueError, match="valid ways"):
+        compare_ways(model, EARLY, x, y, ways=["z"])
+
+
+def test_interleaved_way_seconds_gives_one_timing_per_way():
+    model, x, y = cnn_and_batch()
+    before = state_of(model)
+    timings = interleaved_way_seconds(model, EARLY, x, y, ways=["a", "b"], repeats=3)
+    assert list(timings) == ["a", "b"]
+    assert all(isinstance(t, Timing) and t.repeats == 3 and t.median > 0 for t in timings.values())
+    assert_same_state(model, before)
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved_way_seconds(model, EARLY, x, y, repeats=0)
+
+
+# ---------------------------------------------------------------- bug demos
+
+
+def test_frozen_drift_happens_only_with_state_and_zero_grads():
+    x, y = load_digit_images(128)
+
+    def build():
+        return small_cnn(channels=4, hidden=8)
+
+    def drift(name, fix):
+        return frozen_drift(build, name, fix, EARLY, x, y, steps=3)
+
+    bug, to_none, dropped = DRIFT_FIXES
+    assert drift("SGD", bug) == 0.0
+    assert drift("SGD+momentum", bug) > 0 and drift("AdamW", bug) > 0
+    for name in ("SGD+momentum", "AdamW"):
+        assert drift(name, to_none) == 0.0 and drift(name, dropped) == 0.0
+    with pytest.raises(ValueError, match="valid fixes"):
+        frozen_drift(build, "SGD", "pray", EARLY, x, y)
+    with pytest.raises(ValueError, match="valid are"):
+        frozen_drift(build, "LBFGS", bug, EARLY, x, y)
+
+
+def test_grads_left_out_of_the_optimizer_sum_over_steps():
+    model, x, y = cnn_and_batch(batch=4)
+    optimizer = torch.optim.SGD(model.head.parameters(), lr=0.0)  # nothing moves
+    model.eval()
+    one = torch.autograd.grad(F.cross_entropy(model(x), y), model.conv1.weight)[0]
+    train_steps(model, optimizer, x, y, steps=3, batch_size=4)
+    assert torch.allclose(model.conv1.weight.grad, 3 * one, atol=1e-6)
+
+
+def test_train_steps_returns_losses_and_checks_input():
+    model, x, y = cnn_and_batch()
+    losses = train_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, 2, 4)
+    assert len(losses) == 2 and all(isinstance(v, float) for v in losses)
+    with pytest.raises(ValueError, match="batch_size"):
+        train_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, 2, 99)
+    with pytest.raises(ValueError, match="steps"):
+        train_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, -1)
+
+
+def test_digit_images_are_scaled_8x8_images():
+    x, y = load_digit_images(10)
+    assert x.shape == (10, 1, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert y.tolist() == list(range(10))
+    assert len(load_digit_images()[1]) == 1797
+    with pytest.raises(ValueError, match="count"):
+        load_digit_images(0)
+
+
+def test_forum_models_have_the_forum_shapes():
+    assert forum_mlp()(torch.randn(1, 10)).shape == (1, 5)
+    assert forum_cnn()(torch.randn(1, 3, 28, 28)).shape == (1, 10)
