@@ -1,0 +1,318 @@
+"""Partial weight freezing: the split design against the unsplit layer, FLOPs against formulas,
+frozen entries against Adam, and the measuring helpers against known inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autograd_cost.cost import count_flops, saved_activation_bytes
+from autograd_cost.partial import (
+    CatLinear,
+    SplitLinear,
+    cat_freeze,
+    extra_op_seconds,
+    extra_ops,
+    freeze_cols,
+    freeze_rows,
+    frozen_entry_change,
+    full_weights,
+    gradient_bytes,
+    hook_freeze,
+    interleaved_samples,
+    interleaved_seconds,
+    mask_gradient,
+    median_ratio,
+    op_counts,
+    pin_frozen_entries,
+    plan_masks,
+    profile_run,
+    question_batch,
+    question_net,
+    rows_mask,
+    split_freeze,
+    train_steps,
+    training_step,
+    whole_freeze,
+)
+
+BATCH, IN, OUT = 6, 7, 5
+PLAN = {"linear1": 1, "linear2": 2, "linear3": 1}
+
+
+def linear(bias=True):
+    torch.manual_seed(1)
+    return nn.Linear(IN, OUT, bias=bias).double()
+
+
+def inputs():
+    return torch.randn(BATCH, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+def net_and_loss():
+    model = question_net()
+    x, y = question_batch()
+    return model, x, lambda out: F.cross_entropy(out, y)
+
+
+SPLITS = [
+    ("rows", 2),
+    ("rows", [0, 1]),
+    ("rows", [3, 4]),
+    ("rows", [0, 2, 4]),
+    ("cols", 3),
+    ("cols", [1, 5, 6]),
+    ("cols", [4, 5, 6]),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("axis", "frozen"), SPLITS)
+def test_split_matches_unsplit_outputs_and_trainable_gradients(axis, frozen, bias):
+    reference = linear(bias)
+    split = SplitLinear.from_linear(reference, **{f"frozen_{axis}": frozen})
+    x_ref, x_split = inputs().requires_grad_(), inputs().requires_grad_()
+    out_ref, out_split = reference(x_ref), split(x_split)
+    torch.testing.assert_close(out_split, out_ref)
+    upstream = torch.randn_like(out_ref)
+    out_ref.backward(upstream)
+    out_split.backward(upstream)
+    torch.testing.assert_close(x_split.grad, x_ref.grad)
+    trainable = split.trainable_index
+    expected = reference.weight.grad[trainable] if axis == "rows" else (
+        reference.weight.grad[:, trainable])
+    torch.testing.assert_close(split.weight.grad, expected)
+    if bias:
+        torch.testing.assert_close(split.bias.grad, reference.bias.grad)
+
+
+@pytest.mark.parametrize(("axis", "frozen"), SPLITS)
+def test_split_round_trips_to_the_same_linear(axis, frozen):
+    reference = linear()
+    split = SplitLinear.from_linear(reference, **{f"frozen_{axis}": frozen})
+    torch.testing.assert_close(split.full_weight(), reference.weight.detach(), rtol=0, atol=0)
+    merged = split.to_linear()
+    torch.testing.assert_close(merged.weight, reference.weight, rtol=0, atol=0)
+    mask = split.frozen_mask()
+    assert mask.sum().item() == split.frozen_weight.numel()
+    assert torch.equal(reference.weight.detach()[mask], split.frozen_weight.flatten())
+
+
+def test_frozen_block_is_a_buffer_not_a_parameter():
+    split = freeze_rows(linear(), 2)
+    names = dict(split.named_parameters())
+    assert set(names) == {"weight", "bias"}
+    assert names["weight"].shape == (OUT - 2, IN)
+    assert not split.frozen_weight.requires_grad
+    assert "frozen_weight" in split.state_dict()
+
+
+@pytest.mark.parametrize("frozen", [1, 2, 4])
+def test_split_rows_backward_flops_skip_the_frozen_weight_gradient(frozen):
+    split = freeze_rows(linear(), frozen).float()
+    x = torch.randn(BATCH, IN)
+    flops = count_flops(split, x)
+    assert flops.forward == 2 * BATCH * IN * OUT
+    assert flops.backward == 2 * BATCH * IN * (OUT - frozen)
+
+
+@pytest.mark.parametrize("frozen", [1, 3, 6])
+def test_split_cols_backward_flops_skip_the_frozen_weight_gradient(frozen):
+    split = freeze_cols(linear(), frozen).float()
+    x = torch.randn(BATCH, IN)
+    assert count_flops(split, x).backward == 2 * BATCH * (IN - frozen) * OUT
+
+
+def test_cat_linear_matches_and_saves_no_flops():
+    reference = linear().float()
+    cat = CatLinear(reference, 2)
+    x = torch.randn(BATCH, IN)
+    torch.testing.assert_close(cat(x), reference(x))
+    assert count_flops(cat, x) == count_flops(reference, x)
+    torch.testing.assert_close(cat.full_weight(), reference.weight.detach(), rtol=0, atol=0)
+    assert cat.frozen_mask()[:2].all() and not cat.frozen_mask()[2:].any()
+
+
+def test_builders_match_the_plain_model_and_leave_it_alone():
+    model, x, _ = net_and_loss()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    built = {
+        "cat": cat_freeze(model, PLAN),
+        "split": split_freeze(model, PLAN),
+        "hook": hook_freeze(model, PLAN),
+        "whole": whole_freeze(model, PLAN),
+    }
+    assert isinstance(built["cat"], torch.fx.GraphModule)
+    for variant in built.values():
+        torch.testing.assert_close(variant(x), model(x))
+        weights = full_weights(variant, list(PLAN))
+        for name in PLAN:
+            torch.testing.assert_close(weights[name], model.get_submodule(name).weight.detach())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(type(m) is not CatLinear for m in model.modules())
+
+
+def test_backward_flops_of_each_design_against_the_formula():
+    model, x, loss = net_and_loss()
+    plain = count_flops(model, x, loss).backward
+    batch = x.shape[0]
+    weight_grad = {n: 2 * batch * model.get_submodule(n).in_features for n in PLAN}
+    saved_by_split = sum(weight_grad[n] * rows for n, rows in PLAN.items())
+    saved_by_whole = sum(weight_grad[n] * model.get_submodule(n).out_features for n in PLAN)
+    assert count_flops(cat_freeze(model, PLAN), x, loss).backward == plain
+    assert count_flops(hook_freeze(model, PLAN), x, loss).backward == plain
+    assert count_flops(split_freeze(model, PLAN), x, loss).backward == plain - saved_by_split
+    assert count_flops(whole_freeze(model, PLAN), x, loss).backward == plain - saved_by_whole
+
+
+def test_hook_zeroes_frozen_rows_and_keeps_the_rest():
+    model, x, loss = net_and_loss()
+    hooked = hook_freeze(model, PLAN)
+    loss(model(x)).backward()
+    loss(hooked(x)).backward()
+    for name, mask in plan_masks(model, PLAN).items():
+        grad = hooked.get_submodule(name).weight.grad
+        assert torch.all(grad[mask] == 0)
+        torch.testing.assert_close(grad[~mask], model.get_submodule(name).weight.grad[~mask])
+
+
+def test_default_network_has_no_dead_unit():
+    model, x, loss = net_and_loss()
+    loss(model(x)).backward()
+    for name in model.names:
+        assert (model.get_submodule(name).weight.grad.abs().sum(dim=1) > 0).all()
+
+
+def test_gradient_and_saved_bytes():
+    model, x, loss = net_and_loss()
+    params = sum(p.numel() for p in model.parameters())
+    frozen = sum(PLAN[n] * model.get_submodule(n).in_features for n in PLAN)
+    assert gradient_bytes(model, x, loss) == 4 * params
+    assert gradient_bytes(split_freeze(model, PLAN), x, loss) == 4 * (params - frozen)
+    assert gradient_bytes(cat_freeze(model, PLAN), x, loss) == 4 * (params - frozen)
+    cat_weights = sum(model.get_submodule(n).weight.numel() for n in ("linear2", "linear3"))
+    assert saved_activation_bytes(cat_freeze(model, PLAN), x, loss) >= (
+        saved_activation_bytes(model, x, loss) + 4 * cat_weights - 4 * 3 * 3)
+
+
+@pytest.mark.parametrize("build", [cat_freeze, split_freeze, whole_freeze])
+def test_designs_that_keep_frozen_entries_exactly(build):
+    model, x, loss = net_and_loss()
+    masks = plan_masks(model, PLAN)
+    variant = build(model, PLAN)
+    assert frozen_entry_change(variant, masks, x, loss, steps=20, weight_decay=0.1) == 0.0
+
+
+def test_adam_weight_decay_moves_hook_masked_entries_and_pinning_fixes_it():
+    model, x, loss = net_and_loss()
+    masks = plan_masks(model, PLAN)
+    hooked = hook_freeze(model, PLAN)
+    assert frozen_entry_change(hooked, masks, x, loss, steps=20) == 0.0
+    assert frozen_entry_change(hooked, masks, x, loss, steps=20, weight_decay=0.1) > 0.05
+    optimizer = torch.optim.Adam(hooked.parameters(), lr=1e-2, weight_decay=0.1)
+    for name, mask in masks.items():
+        pin_frozen_entries(optimizer, hooked.get_submodule(name).weight, mask)
+    assert frozen_entry_change(hooked, masks, x, loss, steps=20, optimizer=optimizer) == 0.0
+
+
+def test_momentum_from_before_the_mask_moves_entries():
+    model, x, loss = net_and_loss()
+    masks = plan_masks(model, PLAN)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train_steps(model, optimizer, x, loss, 5)
+    for name, mask in masks.items():
+        mask_gradient(model.get_submodule(name).weight, mask)
+    assert frozen_entry_change(model, masks, x, loss, steps=10, optimizer=optimizer) > 1e-3
+
+
+def test_decay_in_the_hook_trains_like_the_split_design():
+    model, x, loss = net_and_loss()
+    hooked, split = hook_freeze(model, PLAN, weight_decay=0.1), split_freeze(model, PLAN)
+    masked = [hooked.get_submodule(n).weight for n in PLAN]
+    rest = [p for p in hooked.parameters() if all(p is not m for m in masked)]
+    groups = [{"params": masked, "weight_decay": 0.0}, {"params": rest, "weight_decay": 0.1}]
+    train_steps(hooked, torch.optim.Adam(groups, lr=1e-2), x, loss, 20)
+    train_steps(split, torch.optim.Adam(split.parameters(), lr=1e-2, weight_decay=0.1), x, loss,
+                20)
+    trained_hook = full_weights(hooked, model.names)
+    trained_split = full_weights(split, model.names)
+    for name in model.names:
+        torch.testing.assert_close(trained_hook[name], trained_split[name])
+    original = model.get_submodule("linear2").weight.detach()
+    assert not torch.allclose(trained_split["linear2"], original)
+
+
+def test_frozen_entry_change_restores_model_and_optimizer():
+    model, x, loss = net_and_loss()
+    masks = plan_masks(model, PLAN)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    assert frozen_entry_change(model, masks, x, loss, steps=3, optimizer=optimizer) > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert optimizer.state_dict()["state"] == {}
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"frozen_rows": 0}, r"1\.\.4"),
+        ({"frozen_rows": OUT}, r"1\.\.4"),
+        ({"frozen_rows": [5]}, r"valid indices are 0\.\.4"),
+        ({"frozen_rows": [1, 1]}, "repeated"),
+        ({"frozen_cols": list(range(IN))}, "non-empty"),
+        ({"frozen_rows": 1, "frozen_cols": 1}, "exactly one"),
+        ({}, "exactly one"),
+    ],
+)
+def test_split_rejects_bad_indices(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        SplitLinear.from_linear(linear(), **kwargs)
+
+
+def test_builders_and_hooks_reject_bad_input():
+    model, _, _ = net_and_loss()
+    with pytest.raises(TypeError, match=r"nn\.Linear"):
+        SplitLinear.from_linear(nn.Conv2d(1, 1, 1), frozen_rows=1)
+    with pytest.raises(ValueError, match="valid names are"):
+        cat_freeze(model, {"fc1": 1})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        split_freeze(model, {})
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        hook_freeze(model, {"linear1": 3})
+    weight = model.linear1.weight
+    with pytest.raises(ValueError, match="bool tensor"):
+        mask_gradient(weight, torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="not among"):
+        pin_frozen_entries(torch.optim.SGD([nn.Parameter(torch.ones(1))]), weight,
+                           rows_mask(weight, 1))
+    with pytest.raises(ValueError, match="2-D"):
+        rows_mask(torch.ones(3), 1)
+
+
+def test_interleaved_samples_and_median_ratio():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    samples = interleaved_samples(runs, torch.device("cpu"), calls_per_sample=3, min_repeats=4,
+                                  max_repeats=4)
+    assert [len(s) for s in samples.values()] == [4, 4]
+    assert calls == (["a"] * 3 + ["b"] * 3) * 5
+    assert median_ratio({"x": [2.0, 6.0, 3.0], "y": [1.0, 2.0, 3.0]}, "x", "y") == 2.0
+    timings = interleaved_seconds(runs, torch.device("cpu"), min_repeats=5, max_repeats=5)
+    assert timings["a"].repeats == 5
+    with pytest.raises(ValueError, match="no samples"):
+        median_ratio(samples, "c", "a")
+
+
+def test_profile_counts_the_extra_ops_of_the_cat_design(capfd):
+    model, x, loss = net_and_loss()
+    plain = profile_run(training_step(model, x, loss))
+    cat = profile_run(training_step(cat_freeze(model, PLAN), x, loss))
+    extra = extra_ops(op_counts(plain), op_counts(cat))
+    assert extra["aten::cat"] == len(PLAN)
+    assert extra["CatBackward0"] == len(PLAN)
+    assert "aten::mm" not in extra and "aten::addmm" not in extra
+    assert set(extra_op_seconds(plain, cat)) == set(extra)
+    assert "profiler_start" not in capfd.readouterr().err
