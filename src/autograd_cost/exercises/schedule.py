@@ -1,0 +1,85 @@
+"""Self-checks for notebook 05's exercises: freeze schedules, FLOP savings, the optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from autograd_cost.exercises import report
+from autograd_cost.freezing import preserved_state, units
+from autograd_cost.schedule import (
+    FreezeSchedule,
+    ProgressiveFreezing,
+    expected_saving,
+    optimizer_params,
+)
+
+
+def check_frozen_count(
+    answer: int, schedule: FreezeSchedule, progress: float, num_units: int
+) -> bool:
+    """Check a predicted number of frozen units at `progress` (notebook 05)."""
+    truth = schedule.count(progress, num_units)
+    if answer == truth:
+        return report(True, f"{truth} of {num_units} units are frozen at that point.", "")
+    hint = "too high" if answer > truth else "too low"
+    hint += ": the fraction is 0 until freeze_start, then grows linearly to freeze_level at the "
+    hint += "end; multiply by the number of units and round down."
+    return report(False, "", hint)
+
+
+def schedule_saving(
+    schedule: FreezeSchedule, steps: int, backward_by_depth: Sequence[int], forward: int
+) -> float:
+    """The FLOP-model saving of `schedule` over `steps` steps, frozen count at step / steps."""
+    num_units = len(backward_by_depth) - 1
+    counts = [schedule.count(step / steps, num_units) for step in range(steps)]
+    return expected_saving(backward_by_depth, forward, counts)
+
+
+def check_expected_saving(
+    answer: float,
+    schedule: FreezeSchedule,
+    steps: int,
+    backward_by_depth: Sequence[int],
+    forward: int,
+    tolerance: float = 0.005,
+) -> bool:
+    """Check a predicted FLOP-model saving (a fraction of a step) within `tolerance` (nb 05)."""
+    truth = schedule_saving(schedule, steps, backward_by_depth, forward)
+    if abs(answer - truth) <= tolerance:
+        return report(True, "that is the share of a step's FLOPs the schedule saves.", "")
+    if answer > 1:
+        return report(False, "", "give a fraction between 0 and 1, not a percentage.")
+    hint = "too high" if answer > truth else "too low"
+    hint += ": average, over the steps, the backward FLOPs saved at that step's frozen count, "
+    hint += "then divide by one unfrozen step's forward plus backward FLOPs."
+    return report(False, "", hint)
+
+
+def check_optimizer_units(
+    answer: Sequence[str],
+    model: nn.Module,
+    order: Sequence[str],
+    schedule: FreezeSchedule,
+    progress: float,
+) -> bool:
+    """Check which units the optimizer still updates after update(progress) (notebook 05)."""
+    if isinstance(answer, str):
+        return report(False, "", "give a list of unit names, not one string.")
+    with preserved_state(model):
+        for param in model.parameters():
+            param.requires_grad_(True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        ProgressiveFreezing(model, optimizer, order, schedule).update(progress)
+        held = {id(p) for p in optimizer_params(optimizer)}
+        truth = [n for n in order if all(id(p) in held for p in units(model)[n])]
+    if sorted(answer) == sorted(truth):
+        return report(True, f"the optimizer still updates {len(truth)} units.", "")
+    if len(answer) != len(truth):
+        hint = f"you listed {len(answer)} units; count again with the schedule's formula."
+    else:
+        hint = "right number, wrong units: which end of the execution order freezes first?"
+    return report(False, "", hint)
