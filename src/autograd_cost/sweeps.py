@@ -1,0 +1,675 @@
+"""Sweeps behind notebook 02: whole training steps, widths, shares, profiler, CSV results."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autograd_cost.cost import Timing, count_flops, pick_device, summarize_times, synchronize
+from autograd_cost.freezing import (
+    FREEZE_MODES,
+    ModelInput,
+    exactly_frozen,
+    execution_order,
+    freeze_units,
+    preserved_state,
+    units,
+    units_to_freeze,
+)
+from autograd_cost.graph import LossFn, model_loss
+from autograd_cost.models import example_input as course_input
+from autograd_cost.models import mlp
+from autograd_cost.profile import make_loss_fn, on_device, with_ratios
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+def sgd_momentum(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The default optimizer of the step sweeps: SGD with momentum 0.9 (notebook 02)."""
+    return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+
+
+def _check_repeats(repeats: int) -> None:
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+
+
+def _move(example_input: ModelInput, device: torch.device) -> ModelInput:
+    if isinstance(example_input, tuple):
+        return tuple(t.to(device) for t in example_input)
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(
+            "example_input must be a torch.Tensor or a tuple of tensors, "
+            f"got {type(example_input).__name__}"
+        )
+    return example_input.to(device)
+
+
+@contextmanager
+def preserved_values(model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's values on exit, also on error, after optimizer steps."""
+    saved = [(p, p.detach().clone()) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, copy_ in saved:
+                param.copy_(copy_)
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Median and IQR of the forward, backward, optimizer and whole-step times of one freeze."""
+
+    forward: Timing
+    backward: Timing
+    optimizer: Timing
+    step: Timing
+
+
+def _set_frozen(model: nn.Module, names: Sequence[str]) -> None:
+    for param in model.parameters():
+        param.requires_grad_(True)
+    freeze_units(model, names)
+
+
+def _timed_step(
+    model: nn.Module,
+    example_input: ModelInput,
+    loss_fn: LossFn | None,
+    optimizer: torch.optim.Optimizer | None,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    for param in model.parameters():
+        param.grad = None
+    synchronize(device)
+    start = time.perf_counter()
+    loss = model_loss(model, example_input, loss_fn)
+    synchronize(device)
+    forward_end = time.perf_counter()
+    if loss.requires_grad:
+        loss.backward()
+    synchronize(device)
+    backward_end = time.perf_counter()
+    if optimizer is not None:
+        optimizer.step()
+    synchronize(device)
+    end = time.perf_counter()
+    return forward_end - start, backward_end - forward_end, end - backward_end
+
+
+def interleaved_step_seconds(
+    model: nn.Module,
+    example_input: ModelInput,
+    freeze_sets: list[list[str]],
+    loss_fn: LossFn | None = None,
+    make_optimizer: OptimizerFactory = sgd_momentum,
+    device: torch.device | None = None,
+    repeats: int = 10,
+) -> list[StepTiming]:
+    """Time whole training steps (forward, backward, optimizer) per freeze set, round-robin.
+
+    Taught in notebook 02. Each freeze set gets an optimizer over its trainable parameters
+    only, as in real fine-tuning. One untimed round warms up. Parameter values, grads,
+    buffers, requires_grad and train/eval mode are restored afterwards.
+    """
+    if not freeze_sets:
+        raise ValueError("freeze_sets is empty; pass at least one list of unit names")
+    configs = [(model, list(names)) for names in freeze_sets]
+    return interleaved_configs(configs, example_input, loss_fn, make_optimizer, device, repeats)
+
+
+def interleaved_configs(
+    configs: list[tuple[nn.Module, list[str]]],
+    example_input: ModelInput,
+    loss_fn: LossFn | None = None,
+    make_optimizer: OptimizerFactory = sgd_momentum,
+    device: torch.device | None = None,
+    repeats: int = 10,
+) -> list[StepTiming]:
+    """Round-robin step timing of (model, frozen units) pairs, e.g. two ways to freeze.
+
+    Taught in notebook 02. Every model is restored afterwards, parameter values included.
+    """
+    _check_repeats(repeats)
+    if not configs:
+        raise ValueError("configs is empty; pass at least one (model, frozen units) pair")
+    device = device or next(configs[0][0].parameters()).device
+    samples: list[list[tuple[float, float, float]]] = [[] for _ in configs]
+    with ExitStack() as stack:
+        for model in {id(m): m for m, _ in configs}.values():
+            stack.enter_context(preserved_state(model))
+            stack.enter_context(preserved_values(model))
+        optimizers = []
+        for model, names in configs:
+            _set_frozen(model, names)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizers.append(make_optimizer(trainable) if trainable else None)
+        for round_ in range(repeats + 1):  # round 0 warms up
+            for (model, names), optimizer, bucket in zip(configs, optimizers, samples, strict=True):
+                _set_frozen(model, names)
+                timed = _timed_step(model, example_input, loss_fn, optimizer, device)
+                if round_:
+                    bucket.append(timed)
+    return [_step_timing(bucket) for bucket in samples]
+
+
+def _step_timing(bucket: list[tuple[float, float, float]]) -> StepTiming:
+    forward, backward, optimizer = (list(column) for column in zip(*bucket, strict=True))
+    steps = [sum(parts) for parts in bucket]
+    return StepTiming(
+        summarize_times(forward),
+        summarize_times(backward),
+        summarize_times(optimizer),
+        summarize_times(steps),
+    )
+
+
+def _plans(
+    model: nn.Module, example_input: ModelInput, modes: Sequence[str], depths: Sequence[int] | None
+) -> list[tuple[str, int, list[str]]]:
+    if isinstance(modes, str):
+        modes = [modes]
+    bad = [m for m in modes if m not in FREEZE_MODES]
+    if bad or not modes:
+        raise ValueError(f"unknown mode(s) {bad or modes}; valid modes are {list(FREEZE_MODES)}")
+    order = execution_order(model, example_input)
+    depths = list(range(len(order) + 1)) if depths is None else list(depths)
+    return [(m, d, units_to_freeze(order, m, d)) for m in modes for d in depths]
+
+
+def step_sweep(
+    model: nn.Module,
+    example_input: ModelInput,
+    target: torch.Tensor | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    modes: Sequence[str] = ("prefix",),
+    depths: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    repeats: int = 10,
+    make_optimizer: OptimizerFactory = sgd_momentum,
+) -> list[dict[str, Any]]:
+    """FLOPs and measured forward/backward/optimizer/step time per (mode, depth) (notebook 02).
+
+    The model is left as it was, parameter values included, also on error.
+    """
+    if not isinstance(model, nn.Module) or not units(model):
+        raise TypeError("model must be a torch.nn.Module with parameters")
+    _check_repeats(repeats)
+    device = pick_device(device)
+    example_input = _move(example_input, device)
+    loss = make_loss_fn(loss_fn, None if target is None else target.to(device))
+    with preserved_state(model), on_device(model, device):
+        plans = _plans(model, example_input, modes, depths)
+        distinct = list({tuple(frozen): frozen for _, _, frozen in plans}.values())
+        flops = {}
+        for frozen in distinct:
+            with exactly_frozen(model, frozen):
+                flops[tuple(frozen)] = count_flops(model, example_input, loss)
+        timings = interleaved_step_seconds(
+            model, example_input, distinct, loss, make_optimizer, device, repeats
+        )
+        by_set = dict(zip((tuple(f) for f in distinct), timings, strict=True))
+    return [_step_row(mode, depth, frozen, flops[tuple(frozen)], by_set[tuple(frozen)])
+            for mode, depth, frozen in plans]
+
+
+def _step_row(mode: str, depth: int, frozen: list[str], flops: Any, t: StepTiming) -> dict:
+    return {
+        "mode": mode,
+        "depth": depth,
+        "frozen_units": frozen,
+        "forward_flops": flops.forward,
+        "backward_flops": flops.backward,
+        "forward_seconds": t.forward.median,
+        "backward_seconds": t.backward.median,
+        "optimizer_seconds": t.optimizer.median,
+        "step_seconds": t.step.median,
+        "step_seconds_iqr": t.step.iqr,
+    }
+
+
+def step_speedup_bound(forward: float, backward: float, optimizer: float = 0.0) -> float:
+    """The most a freeze can speed up a step: (F + B + O) / F, as F is never saved (notebook 02).
+
+    Works for FLOPs (optimizer=0 gives (F+B)/F, about 3 when B = 2F) and for seconds.
+    """
+    for name, value in (("forward", forward), ("backward", backward), ("optimizer", optimizer)):
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if forward == 0:
+        raise ValueError("forward must be positive: the bound divides by the forward cost")
+    return (forward + backward + optimizer) / forward
+
+
+def with_step_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each step row's speedup over its mode's unfrozen step and the two bounds (notebook 02).
+
+    flop_bound is (F+B)/F from FLOPs; time_bound is (F+B+O)/F from the unfrozen step's times.
+    """
+    base = {r["mode"]: r for r in rows if r["depth"] == 0}
+    if not rows or set(base) != {r["mode"] for r in rows}:
+        raise ValueError("speedups need a depth-0 (unfrozen) row for every mode")
+    out = []
+    for row in rows:
+        ref = base[row["mode"]]
+        out.append({
+            **row,
+            "step_speedup": ref["step_seconds"] / row["step_seconds"],
+            "flop_bound": step_speedup_bound(ref["forward_flops"], ref["backward_flops"]),
+            "time_bound": step_speedup_bound(
+                ref["forward_seconds"], ref["backward_seconds"], ref["optimizer_seconds"]
+            ),
+        })
+    return out
+
+
+def _half_prefix(model: nn.Module, example_input: ModelInput) -> list[str]:
+    order = execution_order(model, example_input)
+    return order[: len(order) // 2]
+
+
+def width_sweep(
+    widths: Sequence[int],
+    depth: int = 3,
+    batch: int = 64,
+    repeats: int = 10,
+    device: str | torch.device | None = None,
+    make_optimizer: OptimizerFactory = sgd_momentum,
+) -> list[dict[str, Any]]:
+    """Per MLP width: FLOP-predicted and measured saving of freezing the first half (notebook 02).
+
+    The model is mlp(width, depth); the freeze covers the first half of its units (rounded
+    down). Savings are 1 - frozen / unfrozen for backward FLOPs, backward time and step time.
+    row_split_saving is the step saving of the seed question's way instead: half of every
+    layer's rows frozen and re-joined with torch.cat (row_split_copy); negative means slower.
+    """
+    if isinstance(widths, int) or not widths:
+        raise ValueError(f"widths must be a non-empty list of positive ints, got {widths!r}")
+    device = pick_device(device)
+    rows = []
+    for width in widths:
+        model = mlp(width=width, depth=depth).to(device)
+        x = course_input(model, batch=batch).to(device)
+        frozen = _half_prefix(model, x)
+        full, part = (count_flops_under(model, x, names) for names in ([], frozen))
+        configs = [(model, []), (model, frozen), (row_split_copy(model), [])]
+        unfrozen, halved, split = interleaved_configs(
+            configs, x, None, make_optimizer, device, repeats
+        )
+        rows.append({
+            "width": width,
+            "params": sum(p.numel() for p in model.parameters()),
+            "frozen_units": frozen,
+            "flop_saving": 1 - part.backward / full.backward,
+            "backward_saving": 1 - halved.backward.median / unfrozen.backward.median,
+            "step_saving": 1 - halved.step.median / unfrozen.step.median,
+            "row_split_saving": 1 - split.step.median / unfrozen.step.median,
+            "unfrozen_step_seconds": unfrozen.step.median,
+            "frozen_step_seconds": halved.step.median,
+        })
+    return rows
+
+
+def count_flops_under(model: nn.Module, example_input: ModelInput, frozen: Sequence[str]):
+    """count_flops with exactly the named units frozen; the model is restored (notebook 02)."""
+    with exactly_frozen(model, frozen):
+        return count_flops(model, example_input)
+
+
+def with_shares(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add frozen-parameter share, backward-FLOP saving and measured time saving (notebook 02).
+
+    Takes profile_freezing rows; the claim "time saved = share of frozen parameters" would
+    put time_saving on param_share, the FLOP model puts it on flop_saving.
+    """
+    out = []
+    for row in with_ratios(rows):
+        total = row["trainable_params"] + row["frozen_params"]
+        out.append({
+            **row,
+            "param_share": row["frozen_params"] / total,
+            "flop_saving": 1 - row["flop_ratio"],
+            "time_saving": 1 - row["time_ratio"],
+        })
+    return out
+
+
+def mean_abs_error(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Mean absolute difference between a prediction and a measurement (notebook 02)."""
+    if len(predicted) != len(measured) or not predicted:
+        raise ValueError(
+            f"need two equally long, non-empty sequences, got {len(predicted)} and {len(measured)}"
+        )
+    return statistics.fmean(abs(p - m) for p, m in zip(predicted, measured, strict=True))
+
+
+class RowSplitLinear(nn.Module):
+    """A Linear whose first rows are a frozen buffer, re-joined by torch.cat (notebook 02).
+
+    The seed question's way to freeze part of a layer. Autograd still computes the gradient
+    of the whole concatenated weight, so it saves no matmul and adds a cat per step.
+    """
+
+    def __init__(self, linear: nn.Linear, frozen_rows: int) -> None:
+        super().__init__()
+        if not 0 <= frozen_rows <= linear.out_features:
+            raise ValueError(
+                f"frozen_rows must be in 0..{linear.out_features} for this layer, got {frozen_rows}"
+            )
+        weight = linear.weight.detach()
+        self.register_buffer("frozen_weight", weight[:frozen_rows].clone())
+        self.weight = nn.Parameter(weight[frozen_rows:].clone())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, torch.cat((self.frozen_weight, self.weight)), self.bias)
+
+
+def row_split_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
+    """A copy of `model` with every Linear's first `fraction` of rows frozen via cat (notebook 02).
+
+    The number of frozen rows is rounded down. The original model is not changed.
+    """
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    clone = copy.deepcopy(model)
+    for parent in list(clone.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                rows = int(child.out_features * fraction)
+                setattr(parent, name, RowSplitLinear(child, rows))
+    return clone
+
+
+def quiet_profiler() -> None:
+    """Silence Kineto's start/stop lines on stderr; only works before the first profile."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+
+def profile_ops(
+    run: Callable[[], Any], device: torch.device | None = None, steps: int = 10, warmup: int = 3
+):
+    """Run `run` under torch.profiler and return its key averages, for attribution (notebook 02).
+
+    Kineto's log lines are silenced (see quiet_profiler). Sort or print the result with
+    `.table(sort_by="self_cpu_time_total", row_limit=10)`.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    _check_repeats(steps)
+    device = device or torch.device("cpu")
+    quiet_profiler()
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            run()
+        synchronize(device)
+    return prof.key_averages()
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+              "aten::_convolution", "aten::convolution_backward")
+
+
+def matmul_share(averages: Any, ops: Sequence[str] = MATMUL_OPS) -> float:
+    """Share of profiled self CPU time spent inside matmul and convolution ops (notebook 02)."""
+    total = sum(event.self_cpu_time_total for event in averages)
+    if total <= 0:
+        raise ValueError("the profile recorded no CPU time; run more steps")
+    inside = sum(event.self_cpu_time_total for event in averages if event.key in ops)
+    return inside / total
+
+
+def training_step(
+    model: nn.Module,
+    example_input: ModelInput,
+    make_optimizer: OptimizerFactory = sgd_momentum,
+) -> Callable[[], None]:
+    """A closure doing one forward, backward and optimizer step, for profiling (notebook 02).
+
+    It changes the model's values; wrap its use in preserved_values/preserved_state.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable) if trainable else None
+
+    def step() -> None:
+        for param in model.parameters():
+            param.grad = None
+        loss = model_loss(model, example_input)
+        if loss.requires_grad:
+            loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+
+    return step
+
+
+def machine_metadata(device: str | torch.device | None = None) -> dict[str, str]:
+    """Torch version, device, thread count and CPU that a result was measured on (notebook 02)."""
+    device = pick_device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "device_name": name or platform.machine(),
+        "threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+    }
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) holding pyproject.toml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    return value
+
+
+def write_results(
+    rows: list[dict[str, Any]],
+    name: str,
+    device: str | torch.device | None = None,
+    folder: Path | None = None,
+) -> Path:
+    """Write rows as CSV plus machine metadata columns to results/NAME.csv (notebook 02).
+
+    `folder` defaults to results/ in the project root (git-ignored). Returns the file's path
+    relative to the project root when it lies inside it.
+    """
+    if not rows:
+        raise ValueError("no rows to write")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"name must be a plain file stem such as 'headline_mlp', got {name!r}")
+    root = project_root()
+    folder = Path(folder) if folder is not None else root / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    meta = machine_metadata(device)
+    columns = list(rows[0]) + [k for k in meta if k not in rows[0]]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{k: _csv_value(v) for k, v in row.items()}, **meta})
+    resolved = path.resolve()
+    return resolved.relative_to(root) if resolved.is_relative_to(root) else resolved
+
+
+def row_at(rows: list[dict[str, Any]], mode: str, depth: int) -> dict[str, Any]:
+    """The profile row of one (mode, depth), with a clear error if it is missing (notebook 02)."""
+    for row in rows:
+        if row["mode"] == mode and row["depth"] == depth:
+            return row
+    have = sorted({(r["mode"], r["depth"]) for r in rows})
+    raise KeyError(f"no row for mode={mode!r}, depth={depth}; the rows cover {have}")
+
+
+def half_depth(rows: list[dict[str, Any]]) -> int:
+    """Half the number of units of a full profile, rounded down (notebook 02)."""
+    return max(r["depth"] for r in rows) // 2
+
+
+def format_half_depth(profiles: dict[str, list[dict[str, Any]]], timings: bool = True) -> str:
+    """Prefix against suffix at half depth per model; timings=False keeps deterministic columns.
+
+    Taught in notebook 02. Takes rows that went through with_ratios.
+    """
+    columns = ["model", "depth", "pre FLOP", "suf FLOP", "pre KiB", "suf KiB"]
+    if timings:
+        columns += ["pre time", "suf time"]
+    lines = ["  ".join(f"{c:>11}" for c in columns)]
+    for name, rows in profiles.items():
+        depth = half_depth(rows)
+        units_total = max(r["depth"] for r in rows)
+        pre, suf = row_at(rows, "prefix", depth), row_at(rows, "suffix", depth)
+        cells = [name, f"{depth}/{units_total}", f"{pre['flop_ratio']:.2f}",
+                 f"{suf['flop_ratio']:.2f}", f"{pre['saved_activation_bytes'] / 1024:.1f}",
+                 f"{suf['saved_activation_bytes'] / 1024:.1f}"]
+        if timings:
+            cells += [f"{pre['time_ratio']:.2f}", f"{suf['time_ratio']:.2f}"]
+        lines.append("  ".join(f"{c:>11}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_steps(rows: list[dict[str, Any]]) -> str:
+    """Forward, backward, optimizer and step milliseconds with speedups (notebook 02)."""
+    columns = ["mode", "depth", "fwd ms", "bwd ms", "opt ms", "step ms", "speedup", "bound"]
+    lines = ["  ".join(f"{c:>8}" for c in columns)]
+    for r in rows:
+        cells = [r["mode"], r["depth"]] + [
+            f"{r[k] * 1e3:.2f}"
+            for k in ("forward_seconds", "backward_seconds", "optimizer_seconds", "step_seconds")
+        ] + [f"{r['step_speedup']:.2f}", f"{r['time_bound']:.2f}"]
+        lines.append("  ".join(f"{c:>8}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot_step_speedups(rows: list[dict[str, Any]], title: str = ""):
+    """Measured step speedup against depth with the FLOP and timed bounds (notebook 02)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, color in zip(FREEZE_MODES, ("tab:blue", "tab:orange"), strict=True):
+        mine = [r for r in rows if r["mode"] == mode]
+        if mine:
+            ax.plot([r["depth"] for r in mine], [r["step_speedup"] for r in mine], "o-",
+                    color=color, label=f"{mode}: measured step speedup")
+    ax.axhline(rows[0]["flop_bound"], color="gray", ls="--", label="bound (F+B)/F from FLOPs")
+    ax.axhline(rows[0]["time_bound"], color="black", ls=":", label="bound (F+B+O)/F from times")
+    ax.set(xlabel="frozen units", ylabel="step time unfrozen / frozen", title=title or
+           "A whole step cannot beat the forward pass")
+    ax.legend(fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def format_width_flops(rows: list[dict[str, Any]]) -> str:
+    """The deterministic part of a width sweep: parameters and FLOP saving (notebook 02)."""
+    lines = [f"{'width':>6}  {'params':>9}  {'frozen units':>14}  {'FLOP saving':>11}"]
+    for r in rows:
+        lines.append(f"{r['width']:>6}  {r['params']:>9,}  {'+'.join(r['frozen_units']):>14}  "
+                     f"{r['flop_saving']:>11.2f}")
+    return "\n".join(lines)
+
+
+def format_width_times(rows: list[dict[str, Any]]) -> str:
+    """The measured part of a width sweep: step times and savings (notebook 02)."""
+    columns = ["width", "step ms", "bwd saving", "step saving", "cat saving"]
+    lines = ["  ".join(f"{c:>11}" for c in columns)]
+    for r in rows:
+        cells = [r["width"], f"{r['unfrozen_step_seconds'] * 1e3:.3f}",
+                 f"{r['backward_saving']:.2f}", f"{r['step_saving']:.2f}",
+                 f"{r['row_split_saving']:.2f}"]
+        lines.append("  ".join(f"{c:>11}" for c in cells))
+    return "\n".join(lines)
+
+
+def pays_off_width(rows: list[dict[str, Any]], fraction: float = 0.8) -> int | None:
+    """Smallest width from which on the measured backward saving reaches `fraction` of the
+    FLOP prediction, or None (notebook 02)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    ordered = sorted(rows, key=lambda r: r["width"])
+    for i, row in enumerate(ordered):
+        if all(r["backward_saving"] >= fraction * r["flop_saving"] for r in ordered[i:]):
+            return row["width"]
+    return None
+
+
+def plot_width_sweep(rows: list[dict[str, Any]]):
+    """Predicted and measured saving of freezing against MLP width, log scale (notebook 02)."""
+    import matplotlib.pyplot as plt
+
+    widths = [r["width"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(widths, [r["flop_saving"] for r in rows], "k--", label="backward FLOP saving")
+    ax.plot(widths, [r["backward_saving"] for r in rows], "o-", label="measured backward saving")
+    ax.plot(widths, [r["step_saving"] for r in rows], "s-", label="measured step saving")
+    ax.plot(widths, [r["row_split_saving"] for r in rows], "^-",
+            label="step saving, half rows frozen via torch.cat")
+    ax.axhline(0, color="gray", lw=1)
+    ax.set_xscale("log")
+    ax.set(xlabel="MLP width (log scale)", ylabel="saving = 1 - frozen / unfrozen",
+           title="Freezing the first half: saving against width")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def format_shares(rows: list[dict[str, Any]]) -> str:
+    """Frozen-parameter share against backward-FLOP saving per (mode, depth) (notebook 02)."""
+    lines = [f"{'mode':>7}  {'depth':>5}  {'edge unit':>12}  {'param share':>11}  "
+             f"{'FLOP saving':>11}"]
+    for r in rows:
+        frozen = r["frozen_units"] or ["-"]
+        edge = frozen[-1] if r["mode"] == "prefix" else frozen[0]
+        lines.append(f"{r['mode']:>7}  {r['depth']:>5}  {edge:>12}  "
+                     f"{r['param_share']:>11.2f}  {r['flop_saving']:>11.2f}")
+    return "\n".join(lines)
+
+
+def plot_shares(rows: list[dict[str, Any]]):
+    """Measured time saving against frozen-parameter share and against FLOP saving (notebook 02)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, key, label in zip(axes, ("param_share", "flop_saving"),
+                              ("share of parameters frozen", "share of backward FLOPs removed"),
+                              strict=True):
+        for mode, marker in zip(FREEZE_MODES, ("o", "s"), strict=True):
+            mine = [r for r in rows if r["mode"] == mode]
+            ax.scatter([r[key] for r in mine], [r["time_saving"] for r in mine], marker=marker,
+                       s=60, label=mode)
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="time saving = share")
+        ax.set(xlabel=label, xlim=(-0.05, 1.05), ylim=(-0.3, 1.05))
+        ax.legend(fontsize=9)
+    axes[0].set(ylabel="measured backward time saving", title="Parameters do not predict time")
+    axes[1].set(title="FLOPs do")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,278 @@
+"""sweeps: step timing, width sweep, shares, row-split freezing, profiler and CSV results."""
+
+import csv
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from autograd_cost.cost import count_flops
+from autograd_cost.freezing import exactly_frozen
+from autograd_cost.models import example_input, mlp, small_cnn
+from autograd_cost.profile import profile_freezing, with_ratios
+from autograd_cost.sweeps import (
+    RowSplitLinear,
+    format_half_depth,
+    format_shares,
+    format_steps,
+    format_width_flops,
+    format_width_times,
+    half_depth,
+    interleaved_configs,
+    interleaved_step_seconds,
+    machine_metadata,
+    matmul_share,
+    mean_abs_error,
+    pays_off_width,
+    preserved_values,
+    profile_ops,
+    project_root,
+    quiet_profiler,
+    row_at,
+    row_split_copy,
+    step_speedup_bound,
+    step_sweep,
+    training_step,
+    width_sweep,
+    with_shares,
+    with_step_speedups,
+    write_results,
+)
+
+
+def state(model):
+    return (
+        [p.detach().clone() for p in model.parameters()],
+        [p.requires_grad for p in model.parameters()],
+        [p.grad for p in model.parameters()],
+        [b.clone() for b in model.buffers()],
+        [m.training for m in model.modules()],
+    )
+
+
+def assert_same_state(a, b):
+    assert all(torch.equal(x, y) for x, y in zip(a[0], b[0], strict=True))
+    assert a[1] == b[1] and a[4] == b[4]
+    assert all(x is y for x, y in zip(a[2], b[2], strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(a[3], b[3], strict=True))
+
+
+def test_step_speedup_bound_is_three_when_backward_is_twice_forward():
+    assert step_speedup_bound(1.0, 2.0) == 3.0
+    assert step_speedup_bound(2, 4, 2) == 4.0
+    with pytest.raises(ValueError, match="forward must be positive"):
+        step_speedup_bound(0, 1)
+    with pytest.raises(ValueError, match="backward must be a non-negative"):
+        step_speedup_bound(1, -1)
+
+
+def test_interleaved_steps_restore_values_and_skip_frozen_work():
+    model = small_cnn(channels=2, hidden=4)
+    model.fc.requires_grad_(False)
+    model.eval()
+    x = example_input(model, batch=4)
+    before = state(model)
+    everything = ["conv1", "bn1", "conv2", "bn2", "fc", "head"]
+    unfrozen, frozen = interleaved_step_seconds(model, x, [[], everything], repeats=3)
+    assert_same_state(before, state(model))
+    assert unfrozen.step.repeats == frozen.step.repeats == 3
+    assert frozen.optimizer.median < unfrozen.optimizer.median
+    assert frozen.backward.median < unfrozen.backward.median
+
+
+def test_interleaved_steps_really_step_the_optimizer_inside():
+    model = mlp(width=4, depth=1)
+    x = example_input(model, batch=2)
+    seen = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append([p.detach().clone() for group in self.param_groups
+                         for p in group["params"]])
+            return super().step(closure)
+
+    interleaved_step_seconds(model, x, [["fc1"]], make_optimizer=lambda ps: Spy(ps, lr=0.1),
+                             repeats=1)
+    assert len(seen) == 2  # warm-up and one timed round
+    assert not torch.equal(seen[0][0], seen[1][0])  # the head moved between steps
+    assert len(seen[0]) == 2  # only the head's weight and bias are in the optimizer
+
+
+def test_interleaved_errors():
+    model = mlp(width=4, depth=1)
+    x = example_input(model, batch=2)
+    with pytest.raises(ValueError, match="freeze_sets is empty"):
+        interleaved_step_seconds(model, x, [])
+    with pytest.raises(ValueError, match="repeats must be a positive int"):
+        interleaved_step_seconds(model, x, [[]], repeats=0)
+    with pytest.raises(ValueError, match="configs is empty"):
+        interleaved_configs([], x)
+
+
+def test_step_sweep_flops_match_count_flops_and_model_is_restored():
+    model = mlp(width=8, depth=2)
+    x = example_input(model, batch=4)
+    before = state(model)
+    rows = step_sweep(model, x, modes=["prefix", "suffix"], depths=[0, 1, 3], repeats=2)
+    assert_same_state(before, state(model))
+    assert [(r["mode"], r["depth"]) for r in rows] == [
+        (m, d) for m in ("prefix", "suffix") for d in (0, 1, 3)
+    ]
+    for row in rows:
+        with exactly_frozen(model, row["frozen_units"]):
+            truth = count_flops(model, x)
+        assert (row["forward_flops"], row["backward_flops"]) == (truth.forward, truth.backward)
+    assert rows[2]["backward_seconds"] < rows[0]["backward_seconds"]
+    with pytest.raises(ValueError, match="valid modes"):
+        step_sweep(model, x, modes=["middle"])
+
+
+def test_with_step_speedups_uses_each_modes_unfrozen_row():
+    def row(depth, step):
+        return {"mode": "prefix", "depth": depth, "forward_flops": 10, "backward_flops": 20,
+                "forward_seconds": 1.0, "backward_seconds": 2.0, "optimizer_seconds": 1.0,
+                "step_seconds": step}
+
+    out = with_step_speedups([row(0, 4.0), row(1, 2.0)])
+    assert [r["step_speedup"] for r in out] == [1.0, 2.0]
+    assert out[1]["flop_bound"] == 3.0 and out[1]["time_bound"] == 4.0
+    with pytest.raises(ValueError, match="depth-0"):
+        with_step_speedups([row(1, 2.0)])
+    assert "speedup" in format_steps(out)
+
+
+def test_width_sweep_flop_saving_matches_the_matmul_count():
+    rows = width_sweep([2, 5], depth=3, batch=3, repeats=1)
+    for row in rows:
+        w = row["width"]
+        unfrozen = 64 * w + 2 * w * w + 2 * w * w + 2 * 10 * w  # fc1 W; fc2, fc3, head W+I
+        frozen = w * w + 2 * 10 * w  # fc3 W only (its input is frozen); head W+I
+        assert row["flop_saving"] == pytest.approx(1 - frozen / unfrozen)
+        assert row["frozen_units"] == ["fc1", "fc2"]
+        assert row["params"] == sum(p.numel() for p in mlp(width=w, depth=3).parameters())
+        assert row["row_split_saving"] < 1
+    assert "FLOP saving" in format_width_flops(rows) and "cat saving" in format_width_times(rows)
+    with pytest.raises(ValueError, match="widths must be"):
+        width_sweep(3)
+
+
+def test_with_shares_and_mean_abs_error():
+    model = mlp(width=8, depth=2)
+    rows = with_shares(profile_freezing(model, example_input(model, batch=4), repeats=1))
+    total = sum(p.numel() for p in model.parameters())
+    for row in rows:
+        assert row["param_share"] == pytest.approx(row["frozen_params"] / total)
+        assert row["flop_saving"] == pytest.approx(1 - row["flop_ratio"])
+        assert row["time_saving"] == pytest.approx(1 - row["time_ratio"])
+    assert "param share" in format_shares(rows)
+    assert mean_abs_error([0.0, 1.0], [0.5, 0.5]) == 0.5
+    with pytest.raises(ValueError, match="equally long"):
+        mean_abs_error([1.0], [1.0, 2.0])
+
+
+def test_row_split_linear_matches_linear_and_its_gradients():
+    linear = nn.Linear(5, 4)
+    split = RowSplitLinear(linear, 3)
+    x = torch.randn(6, 5)
+    torch.testing.assert_close(split(x), linear(x))
+    split(x).pow(2).sum().backward()
+    linear(x).pow(2).sum().backward()
+    torch.testing.assert_close(split.weight.grad, linear.weight.grad[3:])
+    torch.testing.assert_close(split.bias.grad, linear.bias.grad)
+    assert [n for n, _ in split.named_parameters()] == ["weight", "bias"]
+    with pytest.raises(ValueError, match=r"frozen_rows must be in 0\.\.4"):
+        RowSplitLinear(linear, 5)
+
+
+def test_row_split_copy_saves_no_backward_flops_and_leaves_the_original():
+    model = mlp(width=6, depth=2)
+    x = example_input(model, batch=4)
+    before = state(model)
+    split = row_split_copy(model, 0.5)
+    assert_same_state(before, state(model))
+    assert all(isinstance(m, nn.Linear) for m in model.modules() if hasattr(m, "weight"))
+    assert split.fc1.frozen_weight.shape == (3, 64) and split.head.weight.shape == (5, 6)
+    torch.testing.assert_close(split(x), model(x))
+    assert count_flops(split, x).backward == count_flops(model, x).backward
+    with pytest.raises(ValueError, match="fraction must be"):
+        row_split_copy(model, 1.5)
+
+
+def test_preserved_values_restores_after_an_error():
+    model = mlp(width=4, depth=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError), preserved_values(model):
+        with torch.no_grad():
+            model.fc1.weight.add_(1.0)
+        raise RuntimeError("boom")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_matmul_share_on_known_events():
+    events = [SimpleNamespace(key="aten::mm", self_cpu_time_total=30.0),
+              SimpleNamespace(key="aten::addmm", self_cpu_time_total=10.0),
+              SimpleNamespace(key="aten::add_", self_cpu_time_total=60.0)]
+    assert matmul_share(events) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no CPU time"):
+        matmul_share([])
+
+
+def test_profile_ops_attributes_a_training_step(monkeypatch):
+    monkeypatch.delenv("KINETO_LOG_LEVEL", raising=False)
+    quiet_profiler()
+    assert os.environ["KINETO_LOG_LEVEL"] == "6"
+    model = mlp(width=16, depth=1)
+    before = state(model)
+    with preserved_values(model):
+        averages = profile_ops(training_step(model, example_input(model, batch=4)), steps=2)
+    keys = {event.key for event in averages}
+    assert {"aten::addmm", "aten::mm"} <= keys
+    assert 0 < matmul_share(averages) < 1
+    assert all(torch.equal(a, b) for a, b in zip(before[0], model.parameters(), strict=True))
+    with pytest.raises(ValueError, match="repeats must be"):
+        profile_ops(lambda: None, steps=0)
+
+
+def test_write_results_csv_with_metadata(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert project_root() == tmp_path
+    rows = [{"mode": "prefix", "depth": 1, "frozen_units": ["fc1", "fc2"], "x": 0.5}]
+    path = write_results(rows, "demo", device="cpu")
+    assert str(path) == os.path.join("results", "demo.csv")
+    with (tmp_path / path).open() as handle:
+        read = list(csv.DictReader(handle))
+    meta = machine_metadata("cpu")
+    assert read[0]["frozen_units"] == "fc1+fc2" and read[0]["x"] == "0.5"
+    assert read[0]["torch_version"] == torch.__version__ == meta["torch_version"]
+    assert read[0]["device"] == "cpu" and read[0]["threads"] == str(torch.get_num_threads())
+    with pytest.raises(ValueError, match="plain file stem"):
+        write_results(rows, "../escape")
+    with pytest.raises(ValueError, match="no rows"):
+        write_results([], "demo")
+
+
+def test_half_depth_rows_and_table():
+    model = mlp(width=8, depth=3)
+    rows = with_ratios(profile_freezing(model, example_input(model, batch=4), repeats=1))
+    assert half_depth(rows) == 2
+    assert row_at(rows, "suffix", 2)["frozen_units"] == ["fc3", "head"]
+    with pytest.raises(KeyError, match="no row for mode='prefix', depth=9"):
+        row_at(rows, "prefix", 9)
+    deterministic = format_half_depth({"mlp": rows}, timings=False)
+    assert "2/4" in deterministic and "time" not in deterministic
+    assert "pre time" in format_half_depth({"mlp": rows})
+
+
+def test_pays_off_width_needs_every_larger_width_to_pay():
+    rows = [{"width": w, "flop_saving": 0.8, "backward_saving": s}
+            for w, s in [(3, 0.3), (64, 0.7), (128, 0.5), (512, 0.75)]]
+    assert pays_off_width(rows) == 512
+    assert pays_off_width(rows, fraction=0.65) == 512
+    assert pays_off_width(rows, fraction=0.5) == 64
+    assert pays_off_width([{"width": 3, "flop_saving": 1.0, "backward_saving": 0.0}]) is None
+    with pytest.raises(ValueError, match="fraction must be"):
+        pays_off_width(rows, fraction=0)
