@@ -13,7 +13,6 @@ from autograd_cost.freezing import exactly_frozen
 from autograd_cost.models import example_input, mlp, small_cnn
 from autograd_cost.profile import profile_freezing, with_ratios
 from autograd_cost.sweeps import (
-    RowSplitLinear,
     format_half_depth,
     format_shares,
     format_steps,
@@ -170,20 +169,6 @@ def test_with_shares_and_mean_abs_error():
     assert mean_abs_error([0.0, 1.0], [0.5, 0.5]) == 0.5
     with pytest.raises(ValueError, match="equally long"):
         mean_abs_error([1.0], [1.0, 2.0])
-
-
-def test_row_split_linear_matches_linear_and_its_gradients():
-    linear = nn.Linear(5, 4)
-    split = RowSplitLinear(linear, 3)
-    x = torch.randn(6, 5)
-    torch.testing.assert_close(split(x), linear(x))
-    split(x).pow(2).sum().backward()
-    linear(x).pow(2).sum().backward()
-    torch.testing.assert_close(split.weight.grad, linear.weight.grad[3:])
-    torch.testing.assert_close(split.bias.grad, linear.bias.grad)
-    assert [n for n, _ in split.named_parameters()] == ["weight", "bias"]
-    with pytest.raises(ValueError, match=r"frozen_rows must be in 0\.\.4"):
-        RowSplitLinear(linear, 5)
 
 
 def test_row_split_copy_saves_no_backward_flops_and_leaves_the_original():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import os
 import platform
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autograd_cost.cost import Timing, count_flops, pick_device, summarize_times, synchronize
@@ -32,6 +30,7 @@ from autograd_cost.freezing import (
 from autograd_cost.graph import LossFn, model_loss
 from autograd_cost.models import example_input as course_input
 from autograd_cost.models import mlp
+from autograd_cost.partial import cat_freeze
 from autograd_cost.profile import make_loss_fn, on_device, with_ratios
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -357,42 +356,24 @@ def mean_abs_error(predicted: Sequence[float], measured: Sequence[float]) -> flo
     return statistics.fmean(abs(p - m) for p, m in zip(predicted, measured, strict=True))
 
 
-class RowSplitLinear(nn.Module):
-    """A Linear whose first rows are a frozen buffer, re-joined by torch.cat (notebook 02).
-
-    The seed question's way to freeze part of a layer. Autograd still computes the gradient
-    of the whole concatenated weight, so it saves no matmul and adds a cat per step.
-    """
-
-    def __init__(self, linear: nn.Linear, frozen_rows: int) -> None:
-        super().__init__()
-        if not 0 <= frozen_rows <= linear.out_features:
-            raise ValueError(
-                f"frozen_rows must be in 0..{linear.out_features} for this layer, got {frozen_rows}"
-            )
-        weight = linear.weight.detach()
-        self.register_buffer("frozen_weight", weight[:frozen_rows].clone())
-        self.weight = nn.Parameter(weight[frozen_rows:].clone())
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, torch.cat((self.frozen_weight, self.weight)), self.bias)
-
-
 def row_split_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
     """A copy of `model` with every Linear's first `fraction` of rows frozen via cat (notebook 02).
 
-    The number of frozen rows is rounded down. The original model is not changed.
+    The seed question's way to freeze part of a layer (partial.cat_freeze, notebook 04). The
+    number of frozen rows is rounded down; the original model is not changed. Autograd still
+    computes the gradient of each whole concatenated weight, so no matmul is saved.
     """
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+    valid = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+    if not valid or not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
-    clone = copy.deepcopy(model)
-    for parent in list(clone.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                rows = int(child.out_features * fraction)
-                setattr(parent, name, RowSplitLinear(child, rows))
-    return clone
+    plan = {
+        name: int(module.out_features * fraction)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+    }
+    if not plan:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to split")
+    return cat_freeze(model, plan)
 
 
 def quiet_profiler() -> None:
