@@ -335,9 +335,10 @@ def adapt(
     """Adapt a copy of `pretrained` to `split` by one transfer method (notebook 05).
 
     The head is re-initialized from `seed` first (a new task gets a new head: the
-    pretrained head is confidently wrong on new classes). "fine-tune" trains every unit; "freeze" freezes the backbone (BatchNorm in eval mode)
-    and trains the head; "cache" runs the backbone once to cache the head's inputs and trains
-    the head on them. The timed part includes the caching pass. `pretrained` is untouched.
+    pretrained head is confidently wrong on new classes). "fine-tune" trains every unit;
+    "freeze" freezes the backbone (BatchNorm in eval mode) and trains the head; "cache"
+    runs the backbone once to cache the head's inputs and trains the head on them.
+    The timed part includes the caching pass. `pretrained` is untouched.
     """
     if method not in TRANSFER_METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods are {list(TRANSFER_METHODS)}")
@@ -381,7 +382,9 @@ def train_with_schedule(
     return result, accuracy(model, split.test_x, split.test_y)
 
 
-def interleaved_seconds(runs: dict[str, Callable[[], float]], repeats: int = 3) -> dict[str, Timing]:
+def interleaved_seconds(
+    runs: dict[str, Callable[[], float]], repeats: int = 3
+) -> dict[str, Timing]:
     """Call each timed run round-robin `repeats` times; median and IQR per name (notebook 05).
 
     Each run returns the seconds it measured; interleaving spreads machine drift over all.
