@@ -30,7 +30,7 @@ PYTHONHASHSEED ?= 0
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup graphviz course test notebooks notebook clean
+.PHONY: help setup graphviz chromium course test notebooks notebook clean
 
 help:
 	@sed -n '3,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -84,6 +84,27 @@ graphviz:
 
 setup: $(STAMP) graphviz
 
+# The browser test drives Debian's Chromium through Playwright (no browser download).
+define NO_CHROMIUM_HELP
+error: Chromium is missing and could not be installed automatically; the browser test needs it.
+  sudo apt-get install -y chromium            # Debian (Ubuntu: chromium-browser)
+endef
+export NO_CHROMIUM_HELP
+
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	echo "Chromium not found; installing Debian's 'chromium' package for the browser test ..."; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 \
+	     && sudo -n true >/dev/null 2>&1; then \
+	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update && \
+	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+	  echo "$$NO_CHROMIUM_HELP" >&2; exit 1; \
+	fi
+
 # ---------------------------------------------------------------- course
 
 # Opens notebooks/00_start_here.ipynb, else the first notebooks/*.ipynb in sorted order.
@@ -111,7 +132,7 @@ course: setup
 
 # MPLBACKEND=Agg for the unit tests only: notebook kernels keep Jupyter's inline backend,
 # otherwise figures would not be displayed and nbval would miss their outputs.
-test: setup
+test: setup chromium
 	$(BIN)/ruff check src tests tools notebooks
 	$(PY) tools/check_notebooks.py
 	MPLBACKEND=Agg PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) -m pytest tests -q
