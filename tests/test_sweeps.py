@@ -134,9 +134,10 @@ def test_with_step_speedups_uses_each_modes_unfrozen_row():
                 "forward_seconds": 1.0, "backward_seconds": 2.0, "optimizer_seconds": 1.0,
                 "step_seconds": step}
 
-    out = with_step_speedups([row(0, 4.0), row(1, 2.0)])
+    rows = [row(0, 4.0), {**row(1, 2.0), "forward_seconds": 0.8}]
+    out = with_step_speedups(rows)
     assert [r["step_speedup"] for r in out] == [1.0, 2.0]
-    assert out[1]["flop_bound"] == 3.0 and out[1]["time_bound"] == 4.0
+    assert out[1]["flop_bound"] == 3.0 and out[1]["time_bound"] == 4.0 / 0.8
     with pytest.raises(ValueError, match="depth-0"):
         with_step_speedups([row(1, 2.0)])
     assert "speedup" in format_steps(out)
