@@ -464,26 +464,28 @@ def verdict(row: WayRow, cheapest_flops: int) -> str:
     return "cheap and fully frozen"
 
 
-def format_ways(rows: Sequence[WayRow]) -> str:
-    """The deterministic verdict table of compare_ways rows (notebook 03)."""
+def format_ways(rows: Sequence[WayRow], verdicts: bool = True) -> str:
+    """The deterministic cost table of compare_ways rows, with a verdict column (notebook 03)."""
     cheapest = min(r.backward_flops for r in rows)
     header = (
         f"{'way':<4} {'how':<36} {'bwd MFLOP':>9} {'saved KiB':>9} {'.grad KiB':>9} "
-        f"{'Adam KiB':>8} {'weights Δ':>9} {'BN Δ':>7}  verdict"
+        f"{'Adam KiB':>8} {'weights':>7} {'BN stats':>8}"
     )
+    header += "  verdict" if verdicts else ""
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(
+        line = (
             f"{r.way:<4} {WAYS[r.way]:<36} {r.backward_flops / 1e6:>9.2f} "
             f"{r.saved_bytes / 1024:>9.1f} {r.grad_bytes / 1024:>9.1f} "
-            f"{r.optimizer_state_bytes / 1024:>8.1f} {_yes_no(r.frozen_weight_change):>9} "
-            f"{_yes_no(r.running_stats_change):>7}  {verdict(r, cheapest)}"
+            f"{r.optimizer_state_bytes / 1024:>8.1f} {_moved(r.frozen_weight_change):>7} "
+            f"{_moved(r.running_stats_change):>8}"
         )
+        lines.append(line + (f"  {verdict(r, cheapest)}" if verdicts else ""))
     return "\n".join(lines)
 
 
-def _yes_no(change: float) -> str:
-    return "moved" if change > 0 else "0"
+def _moved(change: float) -> str:
+    return "moved" if change > 0 else "kept"
 
 
 def format_grad_table(rows: Sequence[WayRow]) -> str:
@@ -542,7 +544,7 @@ def frozen_drift(
     names: Sequence[str],
     x: torch.Tensor,
     y: torch.Tensor,
-    steps: int = 20,
+    steps: int = 10,
 ) -> float:
     """Train, freeze `names` mid-way, train on: how far do the frozen weights move (notebook 03)?
 
