@@ -79,7 +79,8 @@ def execution_order(model: nn.Module, example_input: ModelInput) -> list[str]:
     return order + unused
 
 
-def _check_names(model: nn.Module, names: Sequence[str]) -> None:
+def check_unit_names(model: nn.Module, names: Sequence[str]) -> None:
+    """Raise a clear error unless `names` is a list of the model's unit names (notebook 01)."""
     if isinstance(names, str):
         raise TypeError(f"names must be a list of unit names, not the string {names!r}")
     valid = list(units(model))
@@ -90,7 +91,7 @@ def _check_names(model: nn.Module, names: Sequence[str]) -> None:
 
 def freeze_units(model: nn.Module, names: Sequence[str]) -> list[str]:
     """Set requires_grad=False on the parameters that the named units own (notebook 01)."""
-    _check_names(model, names)
+    check_unit_names(model, names)
     owned = units(model)
     for name in names:
         for param in owned[name]:
@@ -181,7 +182,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 @contextmanager
 def frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
     """Freeze the named units inside the block and restore requires_grad after (notebook 01)."""
-    _check_names(model, names)
+    check_unit_names(model, names)
     with preserved_requires_grad(model):
         yield freeze_units(model, names)
 
@@ -189,7 +190,7 @@ def frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
 @contextmanager
 def exactly_frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
     """Inside the block exactly the named units are frozen; all state is restored after."""
-    _check_names(model, names)
+    check_unit_names(model, names)
     with preserved_state(model):
         for param in model.parameters():
             param.requires_grad_(True)
@@ -228,7 +229,7 @@ def freeze_summary(model: nn.Module, order: Sequence[str] | None = None) -> Free
     """Trainable and frozen parameters per unit, like Keras' model.summary() (notebook 01)."""
     owned = units(model)
     names = list(order) if order is not None else list(owned)
-    _check_names(model, names)
+    check_unit_names(model, names)
     modules = dict(model.named_modules())
     rows = []
     for name in names:

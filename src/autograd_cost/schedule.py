@@ -22,7 +22,7 @@ from autograd_cost.cost import Timing, count_flops, summarize_times, synchronize
 from autograd_cost.data import DigitSplit, batch_order
 from autograd_cost.freezing import (
     ModelInput,
-    _check_names,
+    check_unit_names,
     exactly_frozen,
     execution_order,
     freeze_units,
@@ -152,7 +152,7 @@ class ProgressiveFreezing:
     ) -> None:
         if not isinstance(schedule, FreezeSchedule):
             raise TypeError(f"schedule must be a FreezeSchedule, got {type(schedule).__name__}")
-        _check_names(model, order)
+        check_unit_names(model, order)
         if sorted(order) != sorted(units(model)):
             raise ValueError(f"order must list every unit exactly once: {sorted(units(model))}")
         self.model = model
@@ -406,7 +406,7 @@ def backward_flops_by_depth(
     loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[int]:
     """Backward FLOPs with the first k units of `order` frozen, for k = 0..len(order) (nb 05)."""
-    _check_names(model, order)
+    check_unit_names(model, order)
     return [
         count_flops_frozen(model, example_input, order[:depth], loss_fn)
         for depth in range(len(order) + 1)
