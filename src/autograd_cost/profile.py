@@ -216,13 +216,16 @@ def plot_profile(rows: list[dict[str, Any]], path: str | None = None, title: str
         if not mine:
             continue
         depths = [r["depth"] for r in mine]
-        cost_ax.plot(depths, [r["time_ratio"] for r in mine], "o-", color=color,
-                     label=f"{mode}: measured time")
+        base = next(r["backward_seconds"] for r in mine if r["depth"] == 0)
+        cost_ax.errorbar(depths, [r["time_ratio"] for r in mine],
+                         yerr=[r["backward_seconds_iqr"] / base / 2 for r in mine], fmt="o-",
+                         color=color, capsize=3, label=f"{mode}: measured time (IQR)")
         cost_ax.plot(depths, [r["flop_ratio"] for r in mine], "--", color=color,
                      label=f"{mode}: FLOP prediction")
         memory_ax.plot(depths, [r["saved_activation_bytes"] / 2**20 for r in mine], "o-",
                        color=color, label=mode)
-    cost_ax.set(xlabel="frozen units", ylabel="backward cost / unfrozen", ylim=(0, 1.1),
+    top = max(1.1, *(1.05 * r["time_ratio"] for r in ratios))
+    cost_ax.set(xlabel="frozen units", ylabel="backward cost / unfrozen", ylim=(0, top),
                 title="Backward cost vs freeze depth")
     memory_ax.set(xlabel="frozen units", ylabel="MiB saved for backward",
                   title="Saved activations vs freeze depth")
