@@ -31,6 +31,7 @@ from autograd_cost.partial import (
     question_net,
     rows_mask,
     split_freeze,
+    timing_table,
     train_steps,
     training_step,
     whole_freeze,
@@ -316,3 +317,21 @@ def test_profile_counts_the_extra_ops_of_the_cat_design(capfd):
     assert "aten::mm" not in extra and "aten::addmm" not in extra
     assert set(extra_op_seconds(plain, cat)) == set(extra)
     assert "profiler_start" not in capfd.readouterr().err
+
+
+def test_timing_table_lists_medians_and_ratios():
+    samples = {"plain": [1e-3, 2e-3, 3e-3], "cat": [2e-3, 4e-3, 6e-3]}
+    table = timing_table(samples, baseline="plain")
+    lines = table.splitlines()
+    assert lines[1].split()[:3] == ["plain", "2.00", "ms"] and lines[1].endswith("1.00")
+    assert lines[2].split()[:3] == ["cat", "4.00", "ms"] and lines[2].endswith("2.00")
+    assert "µs" in timing_table({"tiny": [5e-6, 6e-6, 7e-6]})
+
+
+def test_profile_run_counts_scale_with_steps():
+    calls = []
+    prof = profile_run(lambda: calls.append(torch.ones(2) + 1), warmup=1, steps=3)
+    assert len(calls) == 4 and op_counts(prof)["aten::add"] == 3
+    assert "frozen rows=2/5" in repr(CatLinear(linear(), 2))
+    with pytest.raises(ValueError, match="steps >= 1"):
+        profile_run(lambda: None, steps=0)

@@ -282,6 +282,12 @@ class CatLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, torch.cat((self.frozen_weight, self.weight), dim=0), self.bias)
 
+    def extra_repr(self) -> str:
+        frozen, trainable = len(self.frozen_weight), len(self.weight)
+        return (f"in_features={self.weight.shape[1]}, out_features={frozen + trainable}, "
+                f"frozen rows={frozen}/{frozen + trainable} (torch.cat each call), "
+                f"bias={self.bias is not None}")
+
     def frozen_mask(self) -> torch.Tensor:
         """Boolean mask over the full weight, True where entries are frozen (notebook 04)."""
         mask = torch.zeros(self.full_weight().shape, dtype=torch.bool, device=self.weight.device)
@@ -635,15 +641,18 @@ def _without_kineto_log() -> Iterator[None]:
                 sys.stderr.write("".join(kept))
 
 
-def profile_run(run: Callable[[], None], warmup: int = 2) -> profile:
-    """Run once under torch.profiler (CPU, plus CUDA when present) after a warm-up (notebook 04)."""
+def profile_run(run: Callable[[], None], warmup: int = 2, steps: int = 1) -> profile:
+    """Run `steps` times under torch.profiler (CPU, plus CUDA) after a warm-up (notebook 04)."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     for _ in range(warmup):
         run()
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
     with _without_kineto_log(), profile(activities=activities) as prof:
-        run()
+        for _ in range(steps):
+            run()
     return prof
 
 
@@ -663,3 +672,22 @@ def extra_op_seconds(baseline: profile, variant: profile) -> dict[str, float]:
     extra = extra_ops(op_counts(baseline), op_counts(variant))
     self_time = {e.key: e.self_cpu_time_total / 1e6 for e in variant.key_averages()}
     return {name: self_time.get(name, 0.0) for name in extra}
+
+
+def timing_table(samples: Mapping[str, list[float]], baseline: str | None = None) -> str:
+    """Median and IQR per run, plus the median per-round ratio to `baseline` (notebook 04)."""
+    header = f"{'run':<28} {'median':>11} {'IQR':>11}"
+    lines = [header + (f" {'/ ' + baseline:>12}" if baseline else "")]
+    for name, values in samples.items():
+        timing = summarize_times(values)
+        line = f"{name:<28} {_seconds(timing.median):>11} {_seconds(timing.iqr):>11}"
+        if baseline:
+            line += f" {median_ratio(samples, name, baseline):>12.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _seconds(value: float) -> str:
+    if value >= 1e-3:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value * 1e6:.1f} µs"
