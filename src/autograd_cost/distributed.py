@@ -743,3 +743,93 @@ def project_allreduce(
             row[link] = ring_allreduce_seconds(nbytes, world_size, bandwidth)
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(f"{c:>{w}}" for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def format_bytes(rows: Sequence[dict[str, Any]], order: Sequence[str]) -> str:
+    """Counted all-reduce bytes per depth next to the oracle (notebook 06)."""
+    table = []
+    for r in rows:
+        first, second = r["bytes_per_step"]
+        table.append([
+            str(r["freeze_depth"]),
+            ",".join(order[: r["freeze_depth"]]) or "-",
+            f"{r['trainable_params']:,}",
+            f"{first:,}",
+            f"{second:,}",
+            f"{r['expected_bytes']:,}",
+            f"{second / r['trainable_params']:g}",
+        ])
+    columns = ["depth", "frozen", "trainable", "step 1 bytes", "step 2 bytes", "4 x trainable",
+               "bytes/param"]
+    return _table(columns, table)
+
+
+def format_buckets(row: dict[str, Any]) -> str:
+    """The buckets DDP all-reduced in one step, in the order it sent them (notebook 06)."""
+    table = [
+        [str(b.index), f"{b.nbytes:,}", b.dtype, " ".join(b.names)] for b in row["buckets"]
+    ]
+    return _table(["bucket", "bytes", "dtype", "parameters"], table)
+
+
+def _ms(timing: Timing) -> str:
+    return f"{timing.median * 1e3:.2f} ± {timing.iqr * 1e3:.2f}"
+
+
+def format_step_times(rows: Sequence[dict[str, Any]]) -> str:
+    """Backward with DDP, compute alone, all-reduce alone, and the hidden part (notebook 06)."""
+    table = [
+        [
+            str(r["freeze_depth"]),
+            _ms(r["backward_ddp"]),
+            _ms(r["backward_compute"]),
+            _ms(r["allreduce_alone"]),
+            f"{r['hidden_seconds'] * 1e3:+.2f}",
+            f"{r['bucket_done'][-1] * 1e3:.2f}" if r["bucket_done"] else "-",
+        ]
+        for r in rows
+    ]
+    columns = ["depth", "DDP backward ms", "compute only ms", "all-reduce alone ms",
+               "hidden ms", "last bucket done ms"]
+    return _table(columns, table)
+
+
+def format_projection(rows: Sequence[dict[str, Any]], links: Sequence[str]) -> str:
+    """The scale-on-paper table: bytes and all-reduce milliseconds per link (notebook 06)."""
+    table = [
+        [f"{r['frozen_fraction']:.0%}", f"{r['allreduce_bytes'] / 1e9:.2f}"]
+        + [f"{r[link] * 1e3:.2f}" for link in links]
+        for r in rows
+    ]
+    return _table(["frozen", "GB per step", *(f"{link} ms" for link in links)], table)
+
+
+def plot_timeline(rows: Sequence[dict[str, Any]], compute_key: str = "backward_compute"):
+    """One bar per depth: backward compute, then each bucket from ready to done (notebook 06)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.9 * len(rows) + 1.5))
+    for y, r in enumerate(rows):
+        ax.barh(y + 0.2, r[compute_key].median * 1e3, height=0.3, color="tab:blue",
+                label="backward compute alone" if y == 0 else None)
+        for i, (ready, done) in enumerate(zip(r["bucket_ready"], r["bucket_done"], strict=True)):
+            ax.barh(y - 0.2, (done - ready) * 1e3, left=ready * 1e3, height=0.3,
+                    color=f"C{i + 1}", alpha=0.7, edgecolor="k")
+            ax.text(ready * 1e3, y - 0.2, f"b{i}", va="center", fontsize=9)
+    ax.set_yticks(range(len(rows)), [f"depth {r['freeze_depth']}" for r in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel="ms since backward started",
+           title="Buckets: all-reduce from ready to done (median over steps)")
+    ax.legend(loc="lower right", fontsize=10)
+    fig.tight_layout()
+    return fig
