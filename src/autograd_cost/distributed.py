@@ -216,7 +216,7 @@ def launch(
 
 @dataclass(frozen=True)
 class BucketRecord:
-    """One all-reduced gradient bucket: its index, bytes, dtype and parameter names."""
+    """One all-reduced gradient bucket: index, bytes, dtype, parameter names (notebook 06)."""
 
     index: int
     nbytes: int
@@ -251,7 +251,7 @@ class ByteCounter:
 def counting_allreduce_hook(
     state: ByteCounter, bucket: dist.GradBucket
 ) -> torch.futures.Future[torch.Tensor]:
-    """DDP's default all-reduce (sum, then divide by world size) that records each bucket."""
+    """DDP's default all-reduce (sum, divide by world size), recording each bucket (nb 06)."""
     buffer = bucket.buffer()
     names = tuple(state.names.get(id(p), "?") for p in bucket.parameters())
     state.buckets.append(
@@ -290,7 +290,7 @@ def expected_allreduce_bytes(model: nn.Module) -> int:
 
 
 def bucketed_names(counter: ByteCounter) -> list[str]:
-    """Names of the parameters in the buckets of the last step, in all-reduce order."""
+    """Parameter names in the last step's buckets, in all-reduce order (notebook 06)."""
     return [name for bucket in counter.buckets for name in bucket.names]
 
 
@@ -410,7 +410,7 @@ def _comm_only(sizes: Sequence[int], dtype: torch.dtype) -> Callable[[], None]:
 def _backward_runner(
     ddp: DDP, batch: tuple[torch.Tensor, torch.Tensor], sync: bool, counter: ByteCounter
 ) -> Callable[[], None]:
-    """Forward untimed is not possible inside _timed, so the runner times backward itself."""
+    """A step whose backward alone is timed (forward untimed), with or without all-reduce."""
     inputs, labels = batch
     elapsed: list[float] = []
 
@@ -665,7 +665,7 @@ def progressive_freezing(
 
 
 def progressive_cost(setup: Setup, rank: int, schedule: Sequence[int]) -> dict[str, Any]:
-    """Both progressive strategies, plus what re-wrapping costs: time and broadcast bytes."""
+    """Both progressive strategies, plus the time one re-wrap costs (notebook 06)."""
     results = {
         strategy: progressive_freezing(setup, rank, strategy, schedule)
         for strategy in ("rewrap", "find_unused_parameters")
@@ -684,7 +684,7 @@ def course_experiments(
     schedule: Sequence[int],
     repeats: int = 9,
 ) -> dict[str, Any]:
-    """Everything notebook 06 measures, in one process group so it starts only once."""
+    """Every measurement of notebook 06, in one process group so it starts only once."""
     return {
         "bytes": measure_bytes(setup, freeze_depths, rank),
         "times": measure_step_times(setup, freeze_depths, rank, repeats),
