@@ -11,7 +11,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 def test_all_right(capsys):
     assert check_quiz({n: q.answer for n, q in QUESTIONS.items()})
-    assert "✅ Correct: all 6 answers right." in capsys.readouterr().out
+    assert "✅ Correct: all 7 answers right." in capsys.readouterr().out
 
 
 def test_misses_point_to_the_teaching_notebook_without_the_answer(capsys):
@@ -20,13 +20,13 @@ def test_misses_point_to_the_teaching_notebook_without_the_answer(capsys):
     del answers[5]
     assert not check_quiz(answers)
     out = capsys.readouterr().out
-    assert "2 of 6 to revisit" in out
+    assert "2 of 7 to revisit" in out
     assert "Q2: see 01_which_nodes_exist" in out and "Q5: see 04_partial_weight_freeze" in out
     assert "None" not in out
 
 
 def test_bad_answers_raise():
-    with pytest.raises(ValueError, match=r"valid are \[1, 2, 3, 4, 5, 6\]"):
+    with pytest.raises(ValueError, match=r"valid are \[1, 2, 3, 4, 5, 6, 7\]"):
         check_quiz({9: "a"})
     with pytest.raises(ValueError, match=r"Q1: answer 'z' is not one of \['a', 'b', 'c'\]"):
         check_quiz({1: "z"})

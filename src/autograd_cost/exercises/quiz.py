@@ -59,6 +59,15 @@ QUESTIONS: dict[int, Question] = {
         "b",
         "05_transfer_and_progressive",
     ),
+    7: Question(
+        "A model is already wrapped in DistributedDataParallel. You freeze a layer with "
+        "requires_grad_(False). What happens?",
+        {"a": "DDP all-reduces fewer bytes from the next step on",
+         "b": "DDP still expects those gradients: an error on the next step, unless you "
+              "re-wrap (or use find_unused_parameters, which still sends every byte)"},
+        "b",
+        "06_freezing_with_ddp",
+    ),
 }
 
 
