@@ -114,6 +114,17 @@ def test_frozen_parameters_dropped_from_the_optimizer_do_not_move():
     assert max_abs_change(frozen, before) == 0.0
 
 
+def test_a_second_restore_changes_nothing():
+    model, x, y = cnn_and_batch()
+    handle = freeze(model, EARLY)
+    handle.restore()
+    F.cross_entropy(model(x), y).backward()
+    grad = model.conv1.weight.grad
+    model.conv1.weight.requires_grad_(False)
+    handle.restore()
+    assert model.conv1.weight.grad is grad and not model.conv1.weight.requires_grad
+
+
 def test_freeze_restores_everything_after_an_exception():
     model, x, y = cnn_and_batch()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -382,3 +393,21 @@ def test_digit_images_are_scaled_8x8_images():
 def test_forum_models_have_the_forum_shapes():
     assert forum_mlp()(torch.randn(1, 10)).shape == (1, 5)
     assert forum_cnn()(torch.randn(1, 3, 28, 28)).shape == (1, 10)
+
+
+def test_saved_bytes_count_graphs_freed_during_the_forward_exactly():
+    """cost.saved_activation_bytes keeps packed tensors alive, so freed memory is not reused."""
+    from torch.autograd.graph import saved_tensors_hooks
+
+    from autograd_cost.cost import saved_activation_bytes
+
+    model, x, y = cnn_and_batch(batch=32)
+    net = PartlyDetached(model, EARLY, "detach")
+    packed = []
+    with saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        F.cross_entropy(net(x), y)
+    owned = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in packed}
+    expected = sum(n for ptr, n in storages.items() if ptr not in owned)
+    counts = {saved_activation_bytes(net, x, lambda out: F.cross_entropy(out, y)) for _ in range(5)}
+    assert counts == {expected}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -76,12 +76,16 @@ def saved_activation_bytes(
 ) -> int:
     """Bytes the forward pass saves for backward, parameters and buffers excluded (notebook 01).
 
-    Counted with saved_tensors_hooks; tensors that share storage are counted once.
+    Counted with saved_tensors_hooks; tensors that share storage are counted once. Packed
+    tensors are kept alive until the count ends, so a graph freed during the forward (e.g.
+    after .detach()) cannot hand its memory, and thus its storage key, to a later tensor.
     """
     excluded = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
     storages: dict[tuple[str, int], int] = {}
+    alive: list[torch.Tensor] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
+        alive.append(tensor)
         key = _storage_key(tensor)
         if key not in excluded:
             storages[key] = max(storages.get(key, 0), tensor.untyped_storage().nbytes())
@@ -178,14 +182,80 @@ def backward_seconds(
         return time_repeats(run, device, min_repeats=min_repeats, max_seconds=max_seconds)
 
 
-def _timed_backward(
-    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None, device: torch.device
-) -> float:
-    loss = model_loss(model, example_input, loss_fn)
-    if not loss.requires_grad:
-        return 0.0
-    for param in model.parameters():
-        param.grad = None
+def interleaved_samples(
+    runs: Mapping[str, Callable[[], float | None]],
+    device: torch.device | str = "cpu",
+    calls_per_sample: int = 1,
+    warmup_rounds: int = 1,
+    min_repeats: int = 5,
+    max_repeats: int = 30,
+    max_seconds: float = 10.0,
+    tolerance: float = 0.05,
+) -> dict[str, list[float]]:
+    """Seconds per call of each run, sampled round-robin so drift hits all alike (notebook 02).
+
+    A run that returns a number reports its own seconds (say, a backward whose forward is
+    untimed); otherwise the whole call is timed, synchronized on CUDA. Warm-up rounds are
+    untimed. Rounds stop once every IQR is within `tolerance` of its median (after
+    `min_repeats`), after `max_seconds`, or at `max_repeats`. Sample i of every run is from
+    round i, so per-round ratios (`median_ratio`) cancel drift.
+    """
+    if not runs:
+        raise ValueError("runs must name at least one callable")
+    if calls_per_sample < 1 or warmup_rounds < 0 or not 1 <= min_repeats <= max_repeats:
+        raise ValueError(
+            "need calls_per_sample >= 1, warmup_rounds >= 0 and 1 <= min_repeats <= "
+            f"max_repeats, got {calls_per_sample}, {warmup_rounds}, {min_repeats}, {max_repeats}"
+        )
+    device = torch.device(device)
+
+    def sample(run: Callable[[], float | None]) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        reported = [run() for _ in range(calls_per_sample)]
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        if all(r is not None for r in reported):
+            elapsed = sum(reported)
+        return elapsed / calls_per_sample
+
+    for _ in range(warmup_rounds):
+        for run in runs.values():
+            sample(run)
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    deadline = time.perf_counter() + max_seconds
+    for rounds in range(1, max_repeats + 1):
+        for name, run in runs.items():
+            samples[name].append(sample(run))
+        if rounds >= min_repeats and (
+            time.perf_counter() > deadline
+            or all(_spread_is_small(s, min_repeats, tolerance) for s in samples.values())
+        ):
+            break
+    return samples
+
+
+def interleaved_seconds(
+    runs: Mapping[str, Callable[[], float | None]],
+    device: torch.device | str = "cpu",
+    **options: float,
+) -> dict[str, Timing]:
+    """Median and IQR per run of `interleaved_samples`, with the same options (notebook 02)."""
+    return {name: summarize_times(s) for name, s in interleaved_samples(runs, device,
+                                                                        **options).items()}
+
+
+def median_ratio(samples: Mapping[str, list[float]], name: str, baseline: str) -> float:
+    """Median over rounds of time(name) / time(baseline) within a round (notebook 04)."""
+    missing = [n for n in (name, baseline) if n not in samples]
+    if missing:
+        raise ValueError(f"no samples for {missing}; have {sorted(samples)}")
+    pairs = zip(samples[name], samples[baseline], strict=True)
+    return statistics.median(a / b for a, b in pairs)
+
+
+def timed_backward(loss: torch.Tensor, device: torch.device) -> float:
+    """Seconds of `loss.backward()` alone, synchronized on CUDA (notebook 02)."""
     synchronize(device)
     start = time.perf_counter()
     loss.backward()
@@ -210,24 +280,24 @@ def interleaved_backward_seconds(
     one untimed round warms up. Rounds stop once every spread is small or time is up.
     """
     device = device or next(model.parameters()).device
-    samples: list[list[float]] = [[] for _ in freeze_sets]
-    with preserved_state(model):
 
-        def sample(names: list[str]) -> float:
+    def backward_under(names: list[str]) -> Callable[[], float]:
+        def run() -> float:
             for param in model.parameters():
                 param.requires_grad_(True)
             freeze_units(model, names)
-            return _timed_backward(model, example_input, loss_fn, device)
+            loss = model_loss(model, example_input, loss_fn)
+            if not loss.requires_grad:
+                return 0.0
+            for param in model.parameters():
+                param.grad = None
+            return timed_backward(loss, device)
 
-        for names in freeze_sets:  # warm-up round
-            sample(names)
-        deadline = time.perf_counter() + max_seconds
-        for _ in range(max_repeats):
-            for names, bucket in zip(freeze_sets, samples, strict=True):
-                bucket.append(sample(names))
-            if len(samples[0]) >= min_repeats and (
-                time.perf_counter() > deadline
-                or all(_spread_is_small(b, min_repeats, tolerance) for b in samples)
-            ):
-                break
-    return [summarize_times(b) for b in samples]
+        return run
+
+    runs = {str(i): backward_under(names) for i, names in enumerate(freeze_sets)}
+    with preserved_state(model):
+        samples = interleaved_samples(runs, device, min_repeats=min_repeats,
+                                      max_repeats=max_repeats, max_seconds=max_seconds,
+                                      tolerance=tolerance)
+    return [summarize_times(samples[str(i)]) for i in range(len(freeze_sets))]

@@ -143,6 +143,7 @@ class Freeze:
         if self._optimizer is not None:
             self._optimizer.state.update(self._state)
         self._hooks, self._groups, self._state = [], [], {}
+        self._flags, self._modes, self._optimizer = [], [], None  # a second restore is a no-op
 
     def __enter__(self) -> Freeze:
         return self
