@@ -14,7 +14,12 @@ from autograd_cost import (
     small_cnn,
     time_repeats,
 )
-from autograd_cost.cost import summarize_times
+from autograd_cost.cost import (
+    interleaved_samples,
+    interleaved_seconds,
+    median_ratio,
+    summarize_times,
+)
 
 BATCH, IN, WIDTH, DEPTH, OUT = 8, 64, 32, 3, 10
 SHAPES = [(IN, WIDTH)] + [(WIDTH, WIDTH)] * (DEPTH - 1) + [(WIDTH, OUT)]  # (in, out) per Linear
@@ -139,3 +144,37 @@ def test_time_repeats_stops_early_when_the_spread_is_small():
                           min_repeats=5, max_repeats=50, max_seconds=60, tolerance=10.0)
     assert timing.repeats == 5
     assert len(calls) == 2 + 5
+
+
+def test_interleaved_samples_run_round_robin_and_time_the_whole_call():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    samples = interleaved_samples(runs, "cpu", calls_per_sample=3, min_repeats=4, max_repeats=4)
+    assert [len(s) for s in samples.values()] == [4, 4]
+    assert calls == (["a"] * 3 + ["b"] * 3) * 5  # one warm-up round, then 4 timed rounds
+    assert all(t > 0 for s in samples.values() for t in s)
+
+
+def test_runs_that_report_their_own_seconds_are_believed():
+    timings = interleaved_seconds({"a": lambda: 1.0, "b": lambda: 3.0}, warmup_rounds=0,
+                                  min_repeats=3, max_repeats=3)
+    assert (timings["a"].median, timings["b"].median) == (1.0, 3.0)
+    assert timings["b"].iqr == 0.0 and timings["b"].repeats == 3
+
+
+def test_interleaving_stops_early_once_spreads_are_small():
+    samples = interleaved_samples({"a": lambda: 1.0}, min_repeats=5, max_repeats=50)
+    assert len(samples["a"]) == 5
+
+
+def test_median_ratio_pairs_samples_by_round():
+    assert median_ratio({"x": [2.0, 6.0, 3.0], "y": [1.0, 2.0, 3.0]}, "x", "y") == 2.0
+    with pytest.raises(ValueError, match="no samples for"):
+        median_ratio({"x": [1.0]}, "x", "z")
+
+
+def test_interleaving_rejects_bad_options():
+    with pytest.raises(ValueError, match="at least one"):
+        interleaved_samples({})
+    with pytest.raises(ValueError, match="min_repeats <= max_repeats"):
+        interleaved_samples({"a": lambda: 1.0}, min_repeats=5, max_repeats=2)

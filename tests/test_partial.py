@@ -19,10 +19,7 @@ from autograd_cost.partial import (
     full_weights,
     gradient_bytes,
     hook_freeze,
-    interleaved_samples,
-    interleaved_seconds,
     mask_gradient,
-    median_ratio,
     op_counts,
     pin_frozen_entries,
     plan_masks,
@@ -291,20 +288,6 @@ def test_builders_and_hooks_reject_bad_input():
                            rows_mask(weight, 1))
     with pytest.raises(ValueError, match="2-D"):
         rows_mask(torch.ones(3), 1)
-
-
-def test_interleaved_samples_and_median_ratio():
-    calls = []
-    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    samples = interleaved_samples(runs, torch.device("cpu"), calls_per_sample=3, min_repeats=4,
-                                  max_repeats=4)
-    assert [len(s) for s in samples.values()] == [4, 4]
-    assert calls == (["a"] * 3 + ["b"] * 3) * 5
-    assert median_ratio({"x": [2.0, 6.0, 3.0], "y": [1.0, 2.0, 3.0]}, "x", "y") == 2.0
-    timings = interleaved_seconds(runs, torch.device("cpu"), min_repeats=5, max_repeats=5)
-    assert timings["a"].repeats == 5
-    with pytest.raises(ValueError, match="no samples"):
-        median_ratio(samples, "c", "a")
 
 
 def test_profile_counts_the_extra_ops_of_the_cat_design(capfd):

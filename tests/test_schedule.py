@@ -1,7 +1,6 @@
 """The progressive freezing schedule, the training loop and caching, against oracles."""
 
 import copy
-import math
 
 import pytest
 import torch
@@ -25,7 +24,6 @@ from autograd_cost.schedule import (
     freeze_fraction,
     frozen_count,
     head_inputs,
-    interleaved_seconds,
     optimizer_params,
     remove_from_optimizer,
     reset_module,
@@ -333,20 +331,3 @@ def test_expected_saving_is_the_mean_saving_over_a_step():
         expected_saving(by_depth, -1, [0])
 
 
-def test_interleaved_seconds_runs_round_robin():
-    calls = []
-
-    def timed(name, value):
-        def run():
-            calls.append(name)
-            return value
-        return run
-
-    timings = interleaved_seconds({"a": timed("a", 1.0), "b": timed("b", 3.0)}, repeats=3)
-    assert calls == ["a", "b"] * 3
-    assert timings["a"].median == 1.0 and timings["b"].median == 3.0
-    assert math.isclose(timings["b"].iqr, 0.0)
-    with pytest.raises(ValueError, match="repeats"):
-        interleaved_seconds({"a": timed("a", 1.0)}, repeats=0)
-    with pytest.raises(ValueError, match="at least one"):
-        interleaved_seconds({})

@@ -183,7 +183,7 @@ def backward_seconds(
 
 
 def interleaved_samples(
-    runs: Mapping[str, Callable[[], float | None]],
+    runs: Mapping[str, Callable[[], object]],
     device: torch.device | str = "cpu",
     calls_per_sample: int = 1,
     warmup_rounds: int = 1,
@@ -194,11 +194,11 @@ def interleaved_samples(
 ) -> dict[str, list[float]]:
     """Seconds per call of each run, sampled round-robin so drift hits all alike (notebook 02).
 
-    A run that returns a number reports its own seconds (say, a backward whose forward is
-    untimed); otherwise the whole call is timed, synchronized on CUDA. Warm-up rounds are
-    untimed. Rounds stop once every IQR is within `tolerance` of its median (after
-    `min_repeats`), after `max_seconds`, or at `max_repeats`. Sample i of every run is from
-    round i, so per-round ratios (`median_ratio`) cancel drift.
+    A run that returns a float reports its own seconds (say, a backward whose forward is
+    untimed); for any other return value the whole call is timed, synchronized on CUDA.
+    Warm-up rounds are untimed. Rounds stop once every IQR is within `tolerance` of its
+    median (after `min_repeats`), after `max_seconds`, or at `max_repeats`. Sample i of every
+    run is from round i, so per-round ratios (`median_ratio`) cancel drift.
     """
     if not runs:
         raise ValueError("runs must name at least one callable")
@@ -209,13 +209,13 @@ def interleaved_samples(
         )
     device = torch.device(device)
 
-    def sample(run: Callable[[], float | None]) -> float:
+    def sample(run: Callable[[], object]) -> float:
         synchronize(device)
         start = time.perf_counter()
         reported = [run() for _ in range(calls_per_sample)]
         synchronize(device)
         elapsed = time.perf_counter() - start
-        if all(r is not None for r in reported):
+        if all(isinstance(r, float) for r in reported):
             elapsed = sum(reported)
         return elapsed / calls_per_sample
 
@@ -236,7 +236,7 @@ def interleaved_samples(
 
 
 def interleaved_seconds(
-    runs: Mapping[str, Callable[[], float | None]],
+    runs: Mapping[str, Callable[[], object]],
     device: torch.device | str = "cpu",
     **options: float,
 ) -> dict[str, Timing]:

@@ -20,10 +20,8 @@ from __future__ import annotations
 import copy
 import os
 import re
-import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,7 +33,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.hooks import RemovableHandle
 
-from autograd_cost.cost import Timing, summarize_times, synchronize
+from autograd_cost.cost import median_ratio, summarize_times
 from autograd_cost.freezing import preserved_state
 from autograd_cost.graph import LossFn, model_loss
 
@@ -546,74 +544,6 @@ def training_step(
         model_loss(model, example_input, loss_fn).backward()
 
     return run
-
-
-def interleaved_samples(
-    runs: Mapping[str, Callable[[], None]],
-    device: torch.device,
-    calls_per_sample: int = 1,
-    min_repeats: int = 7,
-    max_repeats: int = 41,
-    max_seconds: float = 3.0,
-    tolerance: float = 0.03,
-) -> dict[str, list[float]]:
-    """Seconds per call of each run, sampled round-robin so that drift hits all alike.
-
-    Taught in notebook 04. Each sample times `calls_per_sample` calls (useful for
-    microsecond-sized work); one untimed round warms up. Rounds stop once every IQR is within
-    `tolerance` of its median, or after `max_seconds`. Sample i of every run is from round i.
-    """
-    if not runs:
-        raise ValueError("runs must name at least one callable")
-    if calls_per_sample < 1 or min_repeats < 1 or max_repeats < min_repeats:
-        raise ValueError(
-            "need calls_per_sample >= 1 and 1 <= min_repeats <= max_repeats, got "
-            f"{calls_per_sample}, {min_repeats}, {max_repeats}"
-        )
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-
-    def sample(run: Callable[[], None]) -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls_per_sample):
-            run()
-        synchronize(device)
-        return (time.perf_counter() - start) / calls_per_sample
-
-    for run in runs.values():
-        sample(run)
-    deadline = time.perf_counter() + max_seconds
-    for rounds in range(1, max_repeats + 1):
-        for name, run in runs.items():
-            samples[name].append(sample(run))
-        if rounds >= min_repeats and (
-            time.perf_counter() > deadline
-            or all(_small_spread(s, tolerance) for s in samples.values())
-        ):
-            break
-    return samples
-
-
-def interleaved_seconds(
-    runs: Mapping[str, Callable[[], None]], device: torch.device, **options: float
-) -> dict[str, Timing]:
-    """Median and IQR per run of `interleaved_samples` (same options) (notebook 04)."""
-    return {name: summarize_times(s) for name, s in interleaved_samples(runs, device,
-                                                                        **options).items()}
-
-
-def median_ratio(samples: Mapping[str, list[float]], name: str, baseline: str) -> float:
-    """Median over rounds of time(name) / time(baseline) from the same round (notebook 04)."""
-    missing = [n for n in (name, baseline) if n not in samples]
-    if missing:
-        raise ValueError(f"no samples for {missing}; have {sorted(samples)}")
-    pairs = zip(samples[name], samples[baseline], strict=True)
-    return statistics.median(a / b for a, b in pairs)
-
-
-def _small_spread(samples: list[float], tolerance: float) -> bool:
-    quartiles = statistics.quantiles(samples, n=4, method="inclusive")
-    return quartiles[2] - quartiles[0] <= tolerance * statistics.median(samples)
 
 
 # Kineto writes lines like "USDT:<date> <pid>:<tid> SyncActivityProfilerHandler.cpp:52]

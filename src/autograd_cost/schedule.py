@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autograd_cost.cost import Timing, count_flops, summarize_times, synchronize
+from autograd_cost.cost import count_flops, synchronize
 from autograd_cost.data import DigitSplit, batch_order
 from autograd_cost.freezing import (
     ModelInput,
@@ -380,23 +380,6 @@ def train_with_schedule(
     """
     result = fit(model, split.train_x, split.train_y, epochs, batch_size, lr, seed, schedule)
     return result, accuracy(model, split.test_x, split.test_y)
-
-
-def interleaved_seconds(
-    runs: dict[str, Callable[[], float]], repeats: int = 3
-) -> dict[str, Timing]:
-    """Call each timed run round-robin `repeats` times; median and IQR per name (notebook 05).
-
-    Each run returns the seconds it measured; interleaving spreads machine drift over all.
-    """
-    _check_positive_int(repeats=repeats)
-    if not runs:
-        raise ValueError("runs must name at least one timed run")
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            samples[name].append(run())
-    return {name: summarize_times(values) for name, values in samples.items()}
 
 
 def backward_flops_by_depth(
