@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -17,7 +17,12 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.optim import Optimizer
 from torch.utils.flop_counter import FlopCounterMode
 
-from autograd_cost.cost import Timing, saved_activation_bytes, summarize_times, synchronize
+from autograd_cost.cost import (
+    Timing,
+    interleaved_seconds,
+    saved_activation_bytes,
+    timed_backward,
+)
 from autograd_cost.freezing import preserved_state, units
 from autograd_cost.graph import GraphPicture, backward_nodes, draw_graph
 
@@ -423,14 +428,8 @@ def draw_way(
 def _timed_way_backward(
     model: nn.Module, way: str, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
 ) -> float:
-    device = x.device
     with way_setup(model, way, names) as (net, _):
-        loss = F.cross_entropy(net(x), y)
-        synchronize(device)
-        start = time.perf_counter()
-        loss.backward()
-        synchronize(device)
-        return time.perf_counter() - start
+        return timed_backward(F.cross_entropy(net(x), y), x.device)
 
 
 def interleaved_way_seconds(
@@ -446,12 +445,8 @@ def interleaved_way_seconds(
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     for way in ways:
         _check_way(way)
-        _timed_way_backward(model, way, names, x, y)
-    samples: dict[str, list[float]] = {way: [] for way in ways}
-    for _ in range(repeats):
-        for way in ways:
-            samples[way].append(_timed_way_backward(model, way, names, x, y))
-    return {way: summarize_times(times) for way, times in samples.items()}
+    runs = {way: functools.partial(_timed_way_backward, model, way, names, x, y) for way in ways}
+    return interleaved_seconds(runs, x.device, min_repeats=repeats, max_repeats=repeats)
 
 
 def verdict(row: WayRow, cheapest_flops: int) -> str:

@@ -65,7 +65,8 @@ def _check_modes(modes: Sequence[str]) -> list[str]:
     return list(modes)
 
 
-def _to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
+def to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
+    """Move a tensor or a tuple of tensors to `device`, refusing anything else (notebook 02)."""
     if isinstance(example_input, tuple):
         return tuple(t.to(device) for t in example_input)
     if not isinstance(example_input, torch.Tensor):
@@ -109,7 +110,7 @@ def profile_freezing(
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise ValueError(f"repeats must be a positive int or None (adaptive), got {repeats!r}")
     device = pick_device(device)
-    example_input = _to_device(example_input, device)
+    example_input = to_device(example_input, device)
     if target is not None:
         target = target.to(device)
     loss = make_loss_fn(loss_fn, target)

@@ -31,7 +31,7 @@ from autograd_cost.graph import LossFn, model_loss
 from autograd_cost.models import example_input as course_input
 from autograd_cost.models import mlp
 from autograd_cost.partial import cat_freeze
-from autograd_cost.profile import make_loss_fn, on_device, with_ratios
+from autograd_cost.profile import make_loss_fn, on_device, to_device, with_ratios
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -44,17 +44,6 @@ def sgd_momentum(params: list[nn.Parameter]) -> torch.optim.Optimizer:
 def _check_repeats(repeats: int) -> None:
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-
-
-def _move(example_input: ModelInput, device: torch.device) -> ModelInput:
-    if isinstance(example_input, tuple):
-        return tuple(t.to(device) for t in example_input)
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError(
-            "example_input must be a torch.Tensor or a tuple of tensors, "
-            f"got {type(example_input).__name__}"
-        )
-    return example_input.to(device)
 
 
 @contextmanager
@@ -209,7 +198,7 @@ def step_sweep(
         raise TypeError("model must be a torch.nn.Module with parameters")
     _check_repeats(repeats)
     device = pick_device(device)
-    example_input = _move(example_input, device)
+    example_input = to_device(example_input, device)
     loss = make_loss_fn(loss_fn, None if target is None else target.to(device))
     with preserved_state(model), on_device(model, device):
         plans = _plans(model, example_input, modes, depths)
