@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from autograd_cost import mlp, profile_freezing, small_cnn, with_ratios
-from autograd_cost.cli import main
+from autograd_cost.cli import build_parser, keep_freed_memory, main
 from autograd_cost.profile import ROW_KEYS, format_profile
 
 
@@ -147,3 +147,9 @@ def test_module_entry_point_runs():
     )
     rows = json.loads(out.stdout)
     assert rows[0]["mode"] == "suffix" and rows[-1]["backward_flops"] == 0
+
+
+def test_keep_freed_memory_flag_parses_and_works_on_glibc():
+    args = build_parser().parse_args(["profile", "--keep-freed-memory"])
+    assert args.keep_freed_memory
+    assert keep_freed_memory() is (sys.platform == "linux")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 from collections.abc import Sequence
@@ -10,6 +11,20 @@ from collections.abc import Sequence
 from autograd_cost.cost import pick_device
 from autograd_cost.models import MODEL_BUILDERS, build_model, example_input
 from autograd_cost.profile import format_profile, plot_profile, profile_freezing
+
+GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process, so that buffers reused every step do
+    not page-fault anew (notebook 02). Process-wide, so only the CLI's own process does it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    mmap_ok = libc.mallopt(GLIBC_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed
+    trim_ok = libc.mallopt(GLIBC_M_TRIM_THRESHOLD, 2**30)
+    return bool(mmap_ok and trim_ok)
 
 
 def _positive(text: str) -> int:
@@ -37,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--repeats", type=_positive, default=None,
                          help="fixed timed repeats per depth (default: adaptive)")
     profile.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    profile.add_argument(
+        "--keep-freed-memory", action="store_true",
+        help="glibc only: keep freed memory in the process, so the time of re-faulting fresh "
+             "gradient buffers every step (a CPU cost that follows gradient bytes, not FLOPs) "
+             "drops out and backward time follows FLOPs")
     profile.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     profile.add_argument("--plot", metavar="FILE.png", default=None,
                          help="save the cost-versus-depth figure")
@@ -55,6 +75,9 @@ def run_profile(args: argparse.Namespace) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m autograd_cost` and the `autograd-cost` script."""
     args = build_parser().parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        print("--keep-freed-memory needs glibc; measuring with the default allocator",
+              file=sys.stderr)
     rows = run_profile(args)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
