@@ -15,6 +15,7 @@ from autograd_cost import (
     time_repeats,
 )
 from autograd_cost.cost import (
+    garbage_collection_paused,
     interleaved_samples,
     interleaved_seconds,
     median_ratio,
@@ -178,3 +179,15 @@ def test_interleaving_rejects_bad_options():
         interleaved_samples({})
     with pytest.raises(ValueError, match="min_repeats <= max_repeats"):
         interleaved_samples({"a": lambda: 1.0}, min_repeats=5, max_repeats=2)
+
+
+def test_garbage_collection_is_paused_while_timing_and_restored_even_on_error():
+    import gc
+
+    assert gc.isenabled()
+    seen = interleaved_samples({"a": lambda: float(gc.isenabled())}, warmup_rounds=0,
+                               min_repeats=2, max_repeats=2)
+    assert seen["a"] == [0.0, 0.0] and gc.isenabled()
+    with pytest.raises(KeyError), garbage_collection_paused():
+        raise KeyError
+    assert gc.isenabled()

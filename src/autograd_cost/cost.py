@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -182,6 +184,19 @@ def backward_seconds(
         return time_repeats(run, device, min_repeats=min_repeats, max_seconds=max_seconds)
 
 
+@contextmanager
+def garbage_collection_paused() -> Iterator[None]:
+    """Pause Python's garbage collector while timing, as timeit does (notebook 02)."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def interleaved_samples(
     runs: Mapping[str, Callable[[], object]],
     device: torch.device | str = "cpu",
@@ -224,14 +239,15 @@ def interleaved_samples(
             sample(run)
     samples: dict[str, list[float]] = {name: [] for name in runs}
     deadline = time.perf_counter() + max_seconds
-    for rounds in range(1, max_repeats + 1):
-        for name, run in runs.items():
-            samples[name].append(sample(run))
-        if rounds >= min_repeats and (
-            time.perf_counter() > deadline
-            or all(_spread_is_small(s, min_repeats, tolerance) for s in samples.values())
-        ):
-            break
+    with garbage_collection_paused():
+        for rounds in range(1, max_repeats + 1):
+            for name, run in runs.items():
+                samples[name].append(sample(run))
+            if rounds >= min_repeats and (
+                time.perf_counter() > deadline
+                or all(_spread_is_small(s, min_repeats, tolerance) for s in samples.values())
+            ):
+                break
     return samples
 
 
