@@ -11,7 +11,10 @@ spec = importlib.util.spec_from_file_location("check_notebooks", TOOL)
 check_notebooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check_notebooks)
 
-SKELETON = "# 01 · Title\n**What you will learn**\n**Prerequisites**\n## Summary\n## Exercises"
+SKELETON = (
+    "# 01 · Title\n**What you will learn**\n**Prerequisites**\n> **Presenter notes.**\n"
+    "## Summary\n## Exercises"
+)
 
 
 def notebook(tmp_path, cells, metadata=None):

@@ -2,8 +2,8 @@
 
 Checks each notebook for: execution top to bottom in one fresh kernel (counts 1..N), no error
 outputs, no volatile metadata, no machine paths or memory addresses in outputs, a bounded share
-of ignored cells, and the course skeleton (title, What you will learn, Prerequisites, Summary,
-Exercises). Exits non-zero with one line per problem.
+of ignored cells, and the course skeleton (title, What you will learn, Prerequisites, Presenter
+notes, Summary, Exercises). Exits non-zero with one line per problem.
 
 Usage: python tools/check_notebooks.py [notebooks/*.ipynb ...]
 """
@@ -18,7 +18,13 @@ from pathlib import Path
 MAX_IGNORED_SHARE = 0.3
 VOLATILE_CELL_KEYS = {"execution", "ExecuteTime", "collapsed", "scrolled"}
 ALLOWED_NOTEBOOK_KEYS = {"kernelspec", "language_info"}
-REQUIRED_HEADINGS = ("What you will learn", "Prerequisites", "## Summary", "## Exercises")
+REQUIRED_HEADINGS = (
+    "What you will learn",
+    "Prerequisites",
+    "Presenter notes",
+    "## Summary",
+    "## Exercises",
+)
 ADDRESS = re.compile(r"\b0x[0-9a-f]{6,}")
 MACHINE_PATHS = ("/tmp/", "/home/", "/root/", "/Users/", "site-packages", "C:\\\\")
 
