@@ -144,17 +144,33 @@ def run_all_cells(browser, lab, notebook: str, screenshot_dir: Path | None) -> d
         }
         if screenshot_dir is not None:
             screenshot_dir.mkdir(parents=True, exist_ok=True)
-            stem = Path(notebook).stem
-            page.screenshot(path=str(screenshot_dir / f"{stem}.png"))
-            slider = page.locator(".widget-slider, .jupyter-widget-slider").first
-            if slider.count():
-                slider.scroll_into_view_if_needed()
-                page.mouse.wheel(0, -200)
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(screenshot_dir / f"{stem}_slider.png"))
+            page.screenshot(path=str(screenshot_dir / f"{Path(notebook).stem}.png"))
+        if result["sliders"]:
+            result.update(move_slider(page, panel, screenshot_dir))
         return result
     finally:
         page.close()
+
+
+def move_slider(page, panel, screenshot_dir: Path | None) -> dict:
+    """Press the right arrow twice on the freeze-depth slider; report whether the graph redrew."""
+    demo = panel.locator(".widget-vbox").first
+    demo.scroll_into_view_if_needed()
+    graph = demo.locator("[data-mime-type='image/svg+xml'] img").first
+    before = graph.get_attribute("src")
+    demo.locator(".noUi-handle").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    deadline = time.monotonic() + 30
+    while graph.get_attribute("src") == before and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    page.wait_for_timeout(500)
+    if screenshot_dir is not None:
+        demo.screenshot(path=str(screenshot_dir / "slider_after_two_steps.png"))
+    return {
+        "slider_redrew": graph.get_attribute("src") != before,
+        "slider_readout": demo.locator(".widget-readout").first.inner_text().strip(),
+    }
 
 
 def _screenshot_dir() -> Path | None:
@@ -169,6 +185,8 @@ def test_notebook_runs_in_a_real_browser_with_graphs_and_plots(browser, lab):
     assert result["svg_graphs"] > 0, "no autograd graph (SVG) rendered"
     assert result["images"] > 0, "no matplotlib plot rendered"
     assert result["sliders"] > 0, "the freeze-depth slider did not render"
+    assert result["slider_readout"] == "2", result
+    assert result["slider_redrew"], "moving the slider did not redraw the graph"
 
 
 def test_the_check_fails_when_a_cell_errors(browser, lab):
