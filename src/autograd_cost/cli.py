@@ -73,7 +73,7 @@ def run_profile(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m autograd_cost` and the `autograd-cost` script."""
+    """Entry point of `python -m autograd_cost` and `autograd-cost` (notebook 02)."""
     args = build_parser().parse_args(argv)
     if args.keep_freed_memory and not keep_freed_memory():
         print("--keep-freed-memory needs glibc; measuring with the default allocator",

@@ -33,7 +33,7 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Flops:
-    """Forward and backward FLOPs of one training step, as counted by FlopCounterMode."""
+    """Forward and backward FLOPs of one step, counted by FlopCounterMode (notebook 01)."""
 
     forward: int
     backward: int
@@ -103,7 +103,7 @@ def saved_activation_bytes(
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and interquartile range of repeated wall-time measurements, in seconds."""
+    """Median and IQR of repeated wall-time measurements, in seconds (notebook 02)."""
 
     median: float
     iqr: float

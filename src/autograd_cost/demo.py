@@ -54,7 +54,7 @@ def _costs(model: nn.Module, example_input: ModelInput, names: Sequence[str]) ->
 def depth_snapshot(
     model: nn.Module, example_input: ModelInput, depth: int, mode: str = "prefix"
 ) -> DepthSnapshot:
-    """Backward FLOPs and saved bytes at one freeze depth, beside the unfrozen ones."""
+    """Backward FLOPs and saved bytes at one depth, beside the unfrozen ones (notebook 01)."""
     names = units_to_freeze(execution_order(model, example_input), mode, depth)
     flops, saved = _costs(model, example_input, names)
     base_flops, base_saved = _costs(model, example_input, [])
@@ -67,7 +67,7 @@ def _time_ms(model: nn.Module, example_input: ModelInput, names: Sequence[str]) 
 
 
 def cost_bars(snapshot: DepthSnapshot, time_ms: float | None = None, unfrozen_ms: float = 0.0):
-    """Projector-sized bars: backward FLOPs, saved memory and time as % of unfrozen."""
+    """Projector-sized bars of FLOPs, saved memory and time as % of unfrozen (notebook 01)."""
     import matplotlib.pyplot as plt
 
     labels = ["backward FLOPs", "saved memory"]
@@ -92,13 +92,13 @@ def cost_bars(snapshot: DepthSnapshot, time_ms: float | None = None, unfrozen_ms
 def show_depth(
     model: nn.Module, example_input: ModelInput, depth: int, mode: str = "prefix"
 ) -> tuple[GraphPicture, DepthSnapshot]:
-    """The non-interactive path of the demo: the marked graph and the cost snapshot."""
+    """The demo's non-interactive path: the marked graph and cost snapshot (notebook 01)."""
     snapshot = depth_snapshot(model, example_input, depth, mode)
     return draw_freeze(model, example_input, snapshot.frozen_units), snapshot
 
 
 def freeze_depth_slider(model: nn.Module, example_input: ModelInput):
-    """An ipywidgets slider over freeze depth and mode that redraws graph and bars live."""
+    """A freeze-depth slider that redraws the graph and the cost bars live (notebook 01)."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 

@@ -45,7 +45,7 @@ class _FirstUse(TorchFunctionMode):
 
 
 def run_model(model: nn.Module, example_input: ModelInput) -> torch.Tensor:
-    """Call the model on a tensor or a tuple of tensors, with a clear error if it does not fit."""
+    """Call the model on a tensor or tuple of tensors; clear error if it does not fit (nb 01)."""
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError(
@@ -189,7 +189,7 @@ def frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
 
 @contextmanager
 def exactly_frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
-    """Inside the block exactly the named units are frozen; all state is restored after."""
+    """Inside the block exactly the named units are frozen; state restored after (notebook 02)."""
     check_unit_names(model, names)
     with preserved_state(model):
         for param in model.parameters():
@@ -199,7 +199,7 @@ def exactly_frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]
 
 @dataclass(frozen=True)
 class UnitRow:
-    """One line of a freeze summary: a unit and its trainable and frozen parameter counts."""
+    """One line of a freeze summary: a unit's trainable and frozen counts (notebook 01)."""
 
     name: str
     kind: str

@@ -138,7 +138,7 @@ def removed_nodes(output: torch.Tensor, frozen: Iterable[torch.Tensor]) -> list[
 
 
 class GraphPicture:
-    """A rendered autograd graph: shows as SVG in Jupyter, prints as a one-line summary."""
+    """A rendered autograd graph: SVG in Jupyter, a one-line summary in print (notebook 01)."""
 
     def __init__(self, dot: graphviz.Digraph, summary: str) -> None:
         self.dot = dot

@@ -598,7 +598,7 @@ def extra_ops(baseline: Counter[str], variant: Counter[str]) -> dict[str, int]:
 
 
 def extra_op_seconds(baseline: profile, variant: profile) -> dict[str, float]:
-    """Self CPU seconds per op in the variant, for the ops it runs more than the baseline."""
+    """Self CPU seconds of the ops the variant runs more than the baseline (notebook 04)."""
     extra = extra_ops(op_counts(baseline), op_counts(variant))
     self_time = {e.key: e.self_cpu_time_total / 1e6 for e in variant.key_averages()}
     return {name: self_time.get(name, 0.0) for name in extra}

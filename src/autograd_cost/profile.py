@@ -79,7 +79,7 @@ def to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
 
 @contextmanager
 def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """Move the model to `device` inside the block and back to where it was after."""
+    """Move the model to `device` inside the block and back after (notebook 02)."""
     home = next(model.parameters()).device
     try:
         yield model.to(device)
@@ -179,7 +179,7 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_profile(rows: list[dict[str, Any]], timings: bool = True) -> str:
-    """A readable table of profile rows; timings=False keeps only deterministic columns."""
+    """A table of profile rows; timings=False keeps deterministic columns only (notebook 01)."""
     columns = ["mode", "depth", "trainable", "fwd FLOPs", "bwd FLOPs", "saved bytes"]
     if timings:
         columns += ["bwd ms", "IQR ms"]

@@ -48,7 +48,7 @@ def _check_repeats(repeats: int) -> None:
 
 @contextmanager
 def preserved_values(model: nn.Module) -> Iterator[None]:
-    """Restore every parameter's values on exit, also on error, after optimizer steps."""
+    """Restore every parameter's values on exit, also on error (notebook 02)."""
     saved = [(p, p.detach().clone()) for p in model.parameters()]
     try:
         yield
@@ -60,7 +60,7 @@ def preserved_values(model: nn.Module) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class StepTiming:
-    """Median and IQR of the forward, backward, optimizer and whole-step times of one freeze."""
+    """Median and IQR of forward, backward, optimizer and step times of a freeze (notebook 02)."""
 
     forward: Timing
     backward: Timing
@@ -366,7 +366,7 @@ def row_split_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
 
 
 def quiet_profiler() -> None:
-    """Silence Kineto's start/stop lines on stderr; only works before the first profile."""
+    """Silence Kineto's start/stop lines on stderr; before the first profile only (notebook 02)."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 
@@ -447,7 +447,7 @@ def machine_metadata(device: str | torch.device | None = None) -> dict[str, str]
 
 
 def project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) holding pyproject.toml."""
+    """The nearest folder at or above `start` (default: cwd) with pyproject.toml (notebook 02)."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").is_file():

@@ -6,6 +6,6 @@ Every checker prints one line through `report` and returns True or False.
 
 
 def report(ok: bool, success: str, hint: str) -> bool:
-    """Print a one-line verdict and return it (used by every checker)."""
+    """Print a one-line verdict and return it; every checker uses it (notebook 00)."""
     print(f"✅ Correct: {success}" if ok else f"❌ Not yet: {hint}")
     return ok

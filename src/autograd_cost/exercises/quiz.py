@@ -9,7 +9,7 @@ from autograd_cost.exercises import report
 
 @dataclass(frozen=True)
 class Question:
-    """A multiple-choice question, its options, the right letter and where it is taught."""
+    """A multiple-choice question, its right letter and where it is taught (notebook 00)."""
 
     text: str
     options: dict[str, str]

@@ -33,7 +33,10 @@ def check_frozen_count(
 def schedule_saving(
     schedule: FreezeSchedule, steps: int, backward_by_depth: Sequence[int], forward: int
 ) -> float:
-    """The FLOP-model saving of `schedule` over `steps` steps, frozen count at step / steps."""
+    """The FLOP-model saving of `schedule` over `steps` steps (notebook 05).
+
+    At step i the schedule has frozen `schedule.count(i / steps, units)` units.
+    """
     num_units = len(backward_by_depth) - 1
     counts = [schedule.count(step / steps, num_units) for step in range(steps)]
     return expected_saving(backward_by_depth, forward, counts)
