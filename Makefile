@@ -66,20 +66,26 @@ Install it with the command for your system, then run make again:
 endef
 export NO_DOT_HELP
 
+# $(call apt_install,PACKAGE,HELP): install a Debian package as root or with passwordless sudo;
+# otherwise print the help text (an exported variable's name) and fail.
+define apt_install
+if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+  DEBIAN_FRONTEND=noninteractive apt-get update && \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y $(1); \
+elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 \
+     && sudo -n true >/dev/null 2>&1; then \
+  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update && \
+  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y $(1); \
+else \
+  echo "$$$(2)" >&2; exit 1; \
+fi
+endef
+
 # Cheap when dot is present (one `command -v`); installs the system package only when missing.
 graphviz:
 	@if command -v dot >/dev/null 2>&1; then exit 0; fi; \
 	echo "Graphviz 'dot' not found; trying to install the 'graphviz' system package ..."; \
-	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
-	  DEBIAN_FRONTEND=noninteractive apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y graphviz; \
-	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 \
-	     && sudo -n true >/dev/null 2>&1; then \
-	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update && \
-	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y graphviz; \
-	else \
-	  echo "$$NO_DOT_HELP" >&2; exit 1; \
-	fi; \
+	$(call apt_install,graphviz,NO_DOT_HELP); \
 	command -v dot >/dev/null 2>&1 || { echo "$$NO_DOT_HELP" >&2; exit 1; }
 
 setup: $(STAMP) graphviz
@@ -94,16 +100,7 @@ export NO_CHROMIUM_HELP
 chromium:
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
 	echo "Chromium not found; installing Debian's 'chromium' package for the browser test ..."; \
-	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
-	  DEBIAN_FRONTEND=noninteractive apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
-	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 \
-	     && sudo -n true >/dev/null 2>&1; then \
-	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update && \
-	  sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
-	else \
-	  echo "$$NO_CHROMIUM_HELP" >&2; exit 1; \
-	fi
+	$(call apt_install,chromium,NO_CHROMIUM_HELP)
 
 # ---------------------------------------------------------------- course
 
