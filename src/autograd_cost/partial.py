@@ -33,7 +33,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.hooks import RemovableHandle
 
-from autograd_cost.cost import median_ratio, summarize_times
+from autograd_cost.cost import median_ratio, summarize_times, synchronize
 from autograd_cost.freezing import preserved_state
 from autograd_cost.graph import LossFn, model_loss
 
@@ -571,18 +571,30 @@ def _without_kineto_log() -> Iterator[None]:
                 sys.stderr.write("".join(kept))
 
 
-def profile_run(run: Callable[[], None], warmup: int = 2, steps: int = 1) -> profile:
-    """Run `steps` times under torch.profiler (CPU, plus CUDA) after a warm-up (notebook 04)."""
+def profile_run(
+    run: Callable[[], object],
+    warmup: int = 2,
+    steps: int = 1,
+    device: torch.device | None = None,
+) -> profile:
+    """Run `steps` times under torch.profiler (CPU, plus CUDA) after a warm-up (notebook 04).
+
+    Kineto's per-profile log lines are kept off stderr; the device is synchronized before and
+    after the profiled steps.
+    """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    device = device or torch.device("cpu")
     for _ in range(warmup):
         run()
+    synchronize(device)
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
     with _without_kineto_log(), profile(activities=activities) as prof:
         for _ in range(steps):
             run()
+        synchronize(device)
     return prof
 
 

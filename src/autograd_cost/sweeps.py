@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import platform
 import statistics
 import time
@@ -30,7 +29,7 @@ from autograd_cost.freezing import (
 from autograd_cost.graph import LossFn, model_loss
 from autograd_cost.models import example_input as course_input
 from autograd_cost.models import mlp
-from autograd_cost.partial import cat_freeze
+from autograd_cost.partial import cat_freeze, profile_run
 from autograd_cost.profile import make_loss_fn, on_device, to_device, with_ratios
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -365,35 +364,15 @@ def row_split_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
     return cat_freeze(model, plan)
 
 
-def quiet_profiler() -> None:
-    """Silence Kineto's start/stop lines on stderr; before the first profile only (notebook 02)."""
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-
-
 def profile_ops(
     run: Callable[[], Any], device: torch.device | None = None, steps: int = 10, warmup: int = 3
 ):
     """Run `run` under torch.profiler and return its key averages, for attribution (notebook 02).
 
-    Kineto's log lines are silenced (see quiet_profiler). Sort or print the result with
-    `.table(sort_by="self_cpu_time_total", row_limit=10)`.
+    Sort or print the result with `.table(sort_by="self_cpu_time_total", row_limit=10)`.
     """
-    from torch.profiler import ProfilerActivity, profile
-
     _check_repeats(steps)
-    device = device or torch.device("cpu")
-    quiet_profiler()
-    for _ in range(warmup):
-        run()
-    synchronize(device)
-    activities = [ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            run()
-        synchronize(device)
-    return prof.key_averages()
+    return profile_run(run, warmup=warmup, steps=steps, device=device).key_averages()
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
