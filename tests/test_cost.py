@@ -191,3 +191,52 @@ def test_garbage_collection_is_paused_while_timing_and_restored_even_on_error():
     with pytest.raises(KeyError), garbage_collection_paused():
         raise KeyError
     assert gc.isenabled()
+
+
+def attention_flops(batch: int, heads: int, seq: int, head_dim: int) -> tuple[int, int]:
+    """Analytic attention FLOPs: forward QK^T and PV; backward recomputes QK^T, then dP, dV,
+    dQ, dK (the flash-attention backward that torch's formula describes): 2 FLOPs per MAC."""
+    one_matmul = 2 * batch * heads * seq * seq * head_dim
+    return 2 * one_matmul, 5 * one_matmul
+
+
+def test_attention_is_counted_on_the_cpu() -> None:
+    from autograd_cost.cost import flop_counter
+
+    b, h, s, d = 2, 3, 8, 4
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    with flop_counter() as forward_counter:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with flop_counter() as backward_counter:
+        out.sum().backward()
+    assert (forward_counter.get_total_flops(), backward_counter.get_total_flops()) == (
+        attention_flops(b, h, s, d)
+    )
+
+
+def test_tiny_transformer_attention_flops_match_the_analytic_count() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from autograd_cost import example_input, tiny_transformer
+
+    batch, dim, heads, blocks, max_len = 4, 32, 4, 2, 16
+    model = tiny_transformer(vocab=50, dim=dim, heads=heads, blocks=blocks, max_len=max_len)
+    x = example_input(model, batch=batch)
+    with FlopCounterMode(display=False) as stock:  # torch's registry alone: attention is 0
+        model(x).sum().backward()
+    forward, backward = attention_flops(batch, heads, max_len, dim // heads)
+    flops = count_flops(model, x)
+    assert flops.forward + flops.backward - stock.get_total_flops() == blocks * (
+        forward + backward
+    )
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        math_forward = count_flops(model, x).forward  # QK^T and PV as two counted bmm
+    assert flops.forward == math_forward
+
+
+def test_summarize_times_gives_quartiles_for_error_bars() -> None:
+    timing = summarize_times([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert (timing.q1, timing.median, timing.q3, timing.iqr) == (2.0, 3.0, 4.0, 2.0)
+    assert timing.error_bar() == (1.0, 1.0)
+    skewed = summarize_times([1.0, 1.0, 1.0, 2.0, 9.0])
+    assert skewed.error_bar() == (0.0, 1.0)

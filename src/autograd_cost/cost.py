@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -12,17 +13,36 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from autograd_cost.freezing import ModelInput, freeze_units, preserved_state
 from autograd_cost.graph import LossFn, model_loss
 
+DEVICE_ENV = "AUTOGRAD_COST_DEVICE"
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """CUDA when it is there, else the CPU; an explicit choice wins (notebook 02)."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to run on: the argument, else $AUTOGRAD_COST_DEVICE, else CUDA if present.
+
+    Taught in notebook 00. `make test` sets AUTOGRAD_COST_DEVICE=cpu, so the stored CPU
+    outputs are compared on any machine; `make test-cuda` sets it to cuda.
+    """
+    source = "device argument"
+    if device is None and os.environ.get(DEVICE_ENV):
+        device, source = os.environ[DEVICE_ENV], DEVICE_ENV
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{source} {device!r} is not a device; use 'cpu', 'cuda' or "
+                         f"'cuda:N' ({error})") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{source} asks for {device!r}, but torch.cuda.is_available() is "
+                         f"False on this machine; use 'cpu'")
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"{source} {device!r}: the course runs on 'cpu' or 'cuda' only")
+    return chosen
 
 
 def synchronize(device: torch.device) -> None:
@@ -39,16 +59,47 @@ class Flops:
     backward: int
 
 
+def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _attention_backward_flops(grad_out, query, key, value, *args, out_shape=None,
+                              **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode's registry (torch 2.13) knows the CUDA attention kernels but not the CPU one
+# that F.scaled_dot_product_attention dispatches to, which it would count as 0 FLOPs. We map
+# it to torch's own attention formulas (the two matmuls QK^T and PV, causal mask ignored, as
+# torch does for CUDA), per counter rather than globally, so importing this has no effect.
+ATTENTION_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        _attention_backward_flops,
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode that also counts CPU attention (notebook 02).
+
+    What it counts: matmuls (mm, addmm, bmm, baddbmm), convolutions and attention, each as
+    2 FLOPs per multiply-add. What it does not count: elementwise ops (ReLU, GELU, adding),
+    normalization (BatchNorm, LayerNorm), softmax outside attention, pooling, reductions,
+    the loss and the optimizer step.
+    """
+    return FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS)
+
+
 def count_flops(
     model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
 ) -> Flops:
     """Count forward and backward FLOPs with FlopCounterMode, printing nothing (notebook 01)."""
     with preserved_state(model):
-        with FlopCounterMode(display=False) as forward_counter:
+        with flop_counter() as forward_counter:
             loss = model_loss(model, example_input, loss_fn)
         backward = 0
         if loss.requires_grad:
-            with FlopCounterMode(display=False) as backward_counter:
+            with flop_counter() as backward_counter:
                 loss.backward()
             backward = backward_counter.get_total_flops()
     return Flops(forward_counter.get_total_flops(), backward)
@@ -103,14 +154,26 @@ def saved_activation_bytes(
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and IQR of repeated wall-time measurements, in seconds (notebook 02)."""
+    """Median, interquartile range and quartiles of repeated wall times, in s (notebook 02).
+
+    The IQR (interquartile range) is Q3 - Q1: the middle half of the samples lies in
+    [q1, q3]. It is a spread that one slow outlier cannot inflate.
+    """
 
     median: float
     iqr: float
     repeats: int
+    q1: float | None = None
+    q3: float | None = None
 
     def __str__(self) -> str:
         return f"{self.median * 1e3:.2f} ms ± {self.iqr * 1e3:.2f} ms (IQR, n={self.repeats})"
+
+    def error_bar(self) -> tuple[float, float]:
+        """Distances from the median down to Q1 and up to Q3, for matplotlib's xerr/yerr."""
+        low = self.median if self.q1 is None else self.q1
+        high = self.median if self.q3 is None else self.q3
+        return (self.median - low, high - self.median)
 
 
 def summarize_times(samples: list[float]) -> Timing:
@@ -118,9 +181,9 @@ def summarize_times(samples: list[float]) -> Timing:
     if not samples:
         raise ValueError("no timing samples to summarize")
     if len(samples) == 1:
-        return Timing(samples[0], 0.0, 1)
-    quartiles = statistics.quantiles(samples, n=4, method="inclusive")
-    return Timing(statistics.median(samples), quartiles[2] - quartiles[0], len(samples))
+        return Timing(samples[0], 0.0, 1, samples[0], samples[0])
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return Timing(statistics.median(samples), q3 - q1, len(samples), q1, q3)
 
 
 def _spread_is_small(samples: list[float], min_repeats: int, tolerance: float) -> bool:

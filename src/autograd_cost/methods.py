@@ -15,10 +15,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.optim import Optimizer
-from torch.utils.flop_counter import FlopCounterMode
 
 from autograd_cost.cost import (
     Timing,
+    flop_counter,
     interleaved_seconds,
     saved_activation_bytes,
     timed_backward,
@@ -380,7 +380,7 @@ def measure_way(
         weights_before, stats_before = snapshot(frozen), snapshot(stats)
         loss = loss_fn(net(x))
         nodes = len(backward_nodes(loss))
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             loss.backward()
         optimizer.step()
         return WayRow(

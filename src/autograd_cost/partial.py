@@ -18,10 +18,6 @@ question's list of split indices. Every builder returns a new model and leaves i
 from __future__ import annotations
 
 import copy
-import os
-import re
-import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,12 +26,13 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import profile
 from torch.utils.hooks import RemovableHandle
 
 from autograd_cost.cost import median_ratio, summarize_times, synchronize
 from autograd_cost.freezing import preserved_state
 from autograd_cost.graph import LossFn, model_loss
+from autograd_cost.quiet import quiet_profile
 
 AXES = ("rows", "cols")
 FreezePlan = Mapping[str, int]
@@ -546,31 +543,6 @@ def training_step(
     return run
 
 
-# Kineto writes lines like "USDT:<date> <pid>:<tid> SyncActivityProfilerHandler.cpp:52]
-# profiler_start" straight to file descriptor 2 on every profile, whatever KINETO_LOG_LEVEL says.
-KINETO_LOG_LINE = re.compile(r"^(?:USDT|STAGE):.*ActivityProfiler.*\]")
-
-
-@contextmanager
-def _without_kineto_log() -> Iterator[None]:
-    """Drop Kineto's per-profile log lines from stderr; anything else written there passes."""
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-            captured.seek(0)
-            text = captured.read().decode(errors="replace")
-            kept = [line for line in text.splitlines(keepends=True)
-                    if not KINETO_LOG_LINE.match(line)]
-            if kept:
-                sys.stderr.write("".join(kept))
-
-
 def profile_run(
     run: Callable[[], object],
     warmup: int = 2,
@@ -588,10 +560,7 @@ def profile_run(
     for _ in range(warmup):
         run()
     synchronize(device)
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-    with _without_kineto_log(), profile(activities=activities) as prof:
+    with quiet_profile(device.type) as prof:
         for _ in range(steps):
             run()
         synchronize(device)

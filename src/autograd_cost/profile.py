@@ -38,6 +38,8 @@ ROW_KEYS = (
     "saved_activation_bytes",
     "backward_seconds",
     "backward_seconds_iqr",
+    "backward_seconds_q1",
+    "backward_seconds_q3",
 )
 
 
@@ -141,6 +143,8 @@ def profile_freezing(
         for frozen, timing in zip(distinct, timings, strict=True):
             costs[tuple(frozen)]["backward_seconds"] = timing.median
             costs[tuple(frozen)]["backward_seconds_iqr"] = timing.iqr
+            costs[tuple(frozen)]["backward_seconds_q1"] = timing.q1
+            costs[tuple(frozen)]["backward_seconds_q3"] = timing.q3
         owned = units(model)
         total = sum(p.numel() for p in model.parameters())
         rows = []
@@ -218,9 +222,11 @@ def plot_profile(rows: list[dict[str, Any]], path: str | None = None, title: str
             continue
         depths = [r["depth"] for r in mine]
         base = next(r["backward_seconds"] for r in mine if r["depth"] == 0)
-        cost_ax.errorbar(depths, [r["time_ratio"] for r in mine],
-                         yerr=[r["backward_seconds_iqr"] / base / 2 for r in mine], fmt="o-",
-                         color=color, capsize=3, label=f"{mode}: measured time (IQR)")
+        # Bars span the interquartile range [Q1, Q3], which need not be centred on the median.
+        below = [(r["backward_seconds"] - r["backward_seconds_q1"]) / base for r in mine]
+        above = [(r["backward_seconds_q3"] - r["backward_seconds"]) / base for r in mine]
+        cost_ax.errorbar(depths, [r["time_ratio"] for r in mine], yerr=[below, above],
+                         fmt="o-", color=color, capsize=3, label=f"{mode}: measured time (Q1-Q3)")
         cost_ax.plot(depths, [r["flop_ratio"] for r in mine], "--", color=color,
                      label=f"{mode}: FLOP prediction")
         memory_ax.plot(depths, [r["saved_activation_bytes"] / 2**20 for r in mine], "o-",
