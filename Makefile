@@ -1,12 +1,15 @@
 # Frozen layers, measured -- set-up, tests and notebook runs (GNU make).
 #
 #   make course        set up .venv, then open the course in JupyterLab
-#   make test          set up .venv, then lint, unit tests and notebook tests (nbval)
+#   make test          set up .venv, then lint, unit tests and notebook tests (nbval), on the CPU
+#   make test-portable the notebook tests again under other CPU instruction sets and thread counts
+#   make test-cuda     run the notebooks on a GPU, checking their asserts (nbval-lax)
 #   make notebooks     re-execute every notebook in place (fresh kernel), strip volatile metadata
 #   make notebook NB=notebooks/01_which_nodes_exist.ipynb    the same for one notebook
 #   make clean         remove .venv, caches and results/
 #
 # Overrides: PYTHON=python3.12  IP=0.0.0.0  PORT=8890  PYTHONHASHSEED=0
+#   With PYTHON=..., an existing .venv built from another Python version is rebuilt.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -30,7 +33,22 @@ PYTHONHASHSEED ?= 0
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup graphviz chromium course test notebooks notebook clean
+.PHONY: help setup graphviz chromium course test test-notebooks test-portable test-cuda notebooks notebook clean
+
+# `make test PYTHON=/path/to/python3.13` must really test with that Python: when PYTHON is
+# given and the existing .venv runs another version, the .venv is removed and built anew.
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+ifeq ($(filter help clean,$(MAKECMDGOALS)),)
+VENV_PYTHON_VERSION := $(shell [ -x $(PY) ] && $(PY) -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)
+WANTED_PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)
+ifneq ($(VENV_PYTHON_VERSION),)
+ifneq ($(VENV_PYTHON_VERSION),$(WANTED_PYTHON_VERSION))
+$(info $(VENV) runs Python $(VENV_PYTHON_VERSION), but PYTHON=$(PYTHON) is Python $(or $(WANTED_PYTHON_VERSION),(not found)): rebuilding $(VENV).)
+$(shell rm -rf $(VENV))
+endif
+endif
+endif
+endif
 
 help:
 	@sed -n '3,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -97,8 +115,10 @@ error: Chromium is missing and could not be installed automatically; the browser
 endef
 export NO_CHROMIUM_HELP
 
+# BROWSER_EXECUTABLE=/path/to/chrome uses another Chromium-based browser instead.
 chromium:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	@if [ -n "$${BROWSER_EXECUTABLE:-}" ] && [ -x "$${BROWSER_EXECUTABLE}" ]; then exit 0; fi; \
+	if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
 	echo "Chromium not found; installing Debian's 'chromium' package for the browser test ..."; \
 	$(call apt_install,chromium,NO_CHROMIUM_HELP)
 
@@ -129,11 +149,44 @@ course: setup
 
 # MPLBACKEND=Agg for the unit tests only: notebook kernels keep Jupyter's inline backend,
 # otherwise figures would not be displayed and nbval would miss their outputs.
+# AUTOGRAD_COST_DEVICE=cpu: the stored outputs are the CPU reference, also on a GPU machine.
+# PYTHONHASHSEED is left unset: compared outputs must not depend on it.
+# notebooks/conftest.py fails the run when a notebook takes longer than NOTEBOOK_BUDGET_S (30).
+NBVAL := env -u MPLBACKEND -u PYTHONHASHSEED AUTOGRAD_COST_DEVICE=cpu $(PY) -m pytest --nbval notebooks/ -q -p no:cacheprovider
+
 test: setup chromium
 	$(BIN)/ruff check src tests tools notebooks
 	$(PY) tools/check_notebooks.py
-	MPLBACKEND=Agg PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) -m pytest tests -q
-	env -u MPLBACKEND PYTHONHASHSEED=$(PYTHONHASHSEED) $(PY) -m pytest --nbval notebooks/ -q
+	MPLBACKEND=Agg AUTOGRAD_COST_DEVICE=cpu $(PY) -m pytest tests -q
+	$(NBVAL)
+
+# The notebook tests alone, e.g. under a simulated CPU:
+#   ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default make test-notebooks
+test-notebooks: setup
+	$(NBVAL)
+
+# The same stored outputs must come out on any x86 CPU and thread count. oneDNN and ATen pick
+# kernels by instruction set (rounding differs), so simulate older and newer CPUs; the thread
+# count changes how reductions are split. One factor at a time, as in the portability issue.
+PORTABLE_RUNS := \
+  "ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default" \
+  "ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2" \
+  "OMP_NUM_THREADS=1" \
+  "OMP_NUM_THREADS=4"
+
+test-portable: setup
+	@for run in $(PORTABLE_RUNS); do \
+	  echo "== nbval with $$run"; \
+	  env $$run NOTEBOOK_BUDGET_S=60 $(NBVAL) || { echo "FAILED with $$run" >&2; exit 1; }; \
+	done
+
+# On a machine with a GPU: every notebook runs on CUDA and its asserts must hold, but its
+# outputs are not compared with the stored CPU reference (--nbval-lax).
+test-cuda: setup
+	@$(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || { \
+	  echo "error: test-cuda needs a CUDA build of torch and a GPU; torch.cuda.is_available() is False." >&2; \
+	  echo "       See README, 'Running on a GPU'." >&2; exit 1; }
+	env -u MPLBACKEND AUTOGRAD_COST_DEVICE=cuda NOTEBOOK_BUDGET_S=60 $(PY) -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider
 
 # ---------------------------------------------------------------- notebooks
 

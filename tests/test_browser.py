@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# BROWSER_EXECUTABLE names another Chromium-based browser (e.g. Google Chrome on a CI runner).
+CHROMIUM = (os.environ.get("BROWSER_EXECUTABLE") or shutil.which("chromium")
+            or shutil.which("chromium-browser"))
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -111,6 +113,26 @@ def browser():
         chromium.close()
 
 
+def wait_for_idle_kernel(lab, path: str, timeout: float = 180) -> None:
+    """Wait until the server reports the notebook's kernel started and idle.
+
+    Asks the server's REST API (/api/sessions) rather than reading the status bar, whose
+    text can lag or show another panel's kernel; a slow machine gets a generous deadline.
+    """
+    base, token = lab
+    deadline = time.monotonic() + timeout
+    state = "no session"
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=5) as answer:
+            sessions = json.load(answer)
+        kernels = [s["kernel"] for s in sessions if s.get("path") == path and s.get("kernel")]
+        state = kernels[0].get("execution_state", "unknown") if kernels else "no session"
+        if state == "idle":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the kernel of {path} was not idle after {timeout:.0f} s ({state})")
+
+
 def run_all_cells(browser, lab, notebook: str, screenshot_dir: Path | None) -> dict:
     """Open a notebook, run every cell from the Run menu, and report what rendered."""
     base, token = lab
@@ -120,7 +142,7 @@ def run_all_cells(browser, lab, notebook: str, screenshot_dir: Path | None) -> d
         page.goto(f"{base}/lab/workspaces/{workspace}/tree/notebooks/{notebook}?token={token}")
         panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
         panel.locator(".jp-Cell").first.wait_for(timeout=60_000)
-        page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+        wait_for_idle_kernel(lab, f"notebooks/{notebook}")
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         prompts = panel.locator(".jp-CodeCell .jp-InputArea-prompt")
