@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 from autograd_cost import (
     backward_nodes,
@@ -20,6 +21,7 @@ from autograd_cost import (
     units,
 )
 from autograd_cost.freezing import prefix_units, suffix_units
+from autograd_cost.graph import saved_tensors
 
 
 def test_unfrozen_mlp_graph_has_the_expected_nodes():
@@ -133,3 +135,29 @@ def test_draw_graph_of_an_unfrozen_loss_has_plain_summary():
 def test_draw_freeze_rejects_unknown_units():
     with pytest.raises(ValueError, match="valid units are"):
         draw_freeze(mlp(depth=1), torch.randn(2, 64), ["fc7"])
+
+
+def test_saved_tensors_of_a_frozen_linear_drop_the_input_but_a_frozen_conv_keeps_it():
+    """PyTorch is the oracle: addmm saves its input only for the weight gradient."""
+    linear, conv = nn.Linear(16, 4), nn.Conv2d(3, 5, 3)
+    x, image = torch.randn(8, 16), torch.randn(2, 3, 8, 8)
+    assert saved_tensors(linear, x) == {"input": (8, 16), "weight": (4, 16)}
+    conv_saved = {"input": (2, 3, 8, 8), "weight": (5, 3, 3, 3)}
+    assert saved_tensors(conv, image) == conv_saved
+    linear.requires_grad_(False)
+    conv.requires_grad_(False)
+    assert saved_tensors(linear, x) == {"weight": (4, 16)}  # grad_input = grad @ W needs no x
+    assert saved_tensors(conv, image) == conv_saved
+    assert not any(p.requires_grad for p in [*linear.parameters(), *conv.parameters()])
+    assert saved_tensors(nn.ReLU(), x) == {"output": (8, 16)}  # ReLU's gradient needs its output
+
+
+def test_saved_tensors_leave_the_layer_alone_and_reject_bad_input():
+    norm = nn.BatchNorm1d(4)
+    saved = saved_tensors(norm, torch.randn(8, 4))
+    assert saved["input"] == (8, 4) and "other" in saved
+    assert int(norm.num_batches_tracked) == 0 and norm.running_mean.abs().sum() == 0
+    with pytest.raises(ValueError, match=r"must be a torch\.nn\.Module"):
+        saved_tensors("layer", torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"floating-point torch\.Tensor"):
+        saved_tensors(norm, torch.ones(2, 4, dtype=torch.long))

@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from autograd_cost.exercises.quiz import QUESTIONS, check_quiz, show_quiz
 
@@ -41,3 +43,19 @@ def test_every_referenced_notebook_exists():
     missing = [q.notebook for q in QUESTIONS.values()
                if not (NOTEBOOKS / f"{q.notebook}.ipynb").exists()]
     assert not missing, f"the quiz points to notebooks that do not exist: {missing}"
+
+
+def test_q2_answer_is_what_pytorch_does_to_a_frozen_parameters_grad():
+    """PyTorch is the oracle: backward leaves a frozen parameter's .grad as it was."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.randn(5, 4)
+    model(x).sum().backward()
+    old = model[0].weight.grad.clone()
+    model[0].requires_grad_(False)
+    model(x).sum().backward()
+    assert torch.equal(model[0].weight.grad, old)  # unchanged: neither zeroed nor None
+    fresh = nn.Linear(4, 3).requires_grad_(False)
+    fresh(x.requires_grad_()).sum().backward()
+    assert fresh.weight.grad is None  # None only because it was None before
+    q2 = QUESTIONS[2]
+    assert "unchanged" in q2.options[q2.answer]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import graphviz
 import torch
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 from torchviz import make_dot
 
 from autograd_cost.freezing import ModelInput, preserved_state, run_model, units
@@ -253,3 +254,48 @@ def draw_freeze(
             param.requires_grad_(True)
         loss = model_loss(model, example_input, loss_fn)
         return draw_graph(loss, dict(model.named_parameters()), frozen)
+
+
+def saved_tensors(layer: nn.Module, layer_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The tensors one layer's forward saves for backward, by name and shape (notebook 01).
+
+    Recorded with saved_tensors_hooks, in the order autograd saves them. The input is made to
+    require grad, as inside a network whose earlier layers train, so the layer's backward node
+    exists even when its own parameters are frozen. Each saved tensor is named by the tensor
+    whose storage it shares: `input`, `output`, a parameter or buffer (`weight`, ...), or else
+    `other` (`other_2`, ... for more) for a tensor computed inside the layer. Views count once.
+    The layer is left as it was (requires_grad, .grad, buffers such as BatchNorm statistics).
+    """
+    if not isinstance(layer, nn.Module):
+        raise ValueError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
+    if not isinstance(layer_input, torch.Tensor) or not layer_input.is_floating_point():
+        raise ValueError("layer_input must be a floating-point torch.Tensor, got "
+                         f"{type(layer_input).__name__}")
+    inputs = layer_input.detach().clone().requires_grad_(True)
+    packed: list[torch.Tensor] = []  # kept alive, so no storage is freed and reused meanwhile
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        packed.append(tensor)
+        return tensor
+
+    with preserved_state(layer), saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = layer(inputs)
+    named = [("input", inputs), *layer.named_parameters(), *layer.named_buffers()]
+    if isinstance(output, torch.Tensor):
+        named.append(("output", output))
+    owners: dict[int, tuple[str, torch.Tensor]] = {}
+    for name, tensor in named:
+        owners.setdefault(tensor.untyped_storage().data_ptr(), (name, tensor))
+    saved: dict[str, tuple[int, ...]] = {}
+    seen: set[int] = set()
+    for tensor in packed:
+        key = tensor.untyped_storage().data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        name, owner = owners.get(key, ("other", tensor))
+        if name == "other":
+            others = sum(k.startswith("other") for k in saved)
+            name = "other" if not others else f"other_{others + 1}"
+        saved[name] = tuple(owner.shape)
+    return saved

@@ -26,9 +26,12 @@ QUESTIONS: dict[int, Question] = {
         "01_which_nodes_exist",
     ),
     2: Question(
-        "After backward, what is the .grad of a parameter with requires_grad=False?",
-        {"a": "a tensor of zeros", "b": "None", "c": "the gradient, just never applied"},
-        "b",
+        "You run backward with every parameter trainable, then set requires_grad=False on "
+        "one layer and run backward again without zeroing gradients. What is that layer's "
+        ".grad now?",
+        {"a": "a tensor of zeros", "b": "None",
+         "c": "the gradient from the first backward, unchanged"},
+        "c",
         "01_which_nodes_exist",
     ),
     3: Question(
