@@ -134,9 +134,9 @@ def test_cli_table_and_bad_arguments(capsys):
     assert main(["profile", "--model", "cnn", "--width", "2", "--batch", "2", "--mode", "prefix",
                  "--repeats", "1"]) == 0
     assert "bwd FLOPs" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["profile", "--model", "vgg"])
-    assert "invalid choice: 'vgg'" in capsys.readouterr().err
+    assert main(["profile", "--model", "vgg", "--input-shape", "2,3"]) == 2
+    assert "unknown model 'vgg': use a course model (cnn, mlp, transformer)" in (
+        capsys.readouterr().err)
 
 
 def test_module_entry_point_runs():
@@ -153,3 +153,21 @@ def test_keep_freed_memory_flag_parses_and_works_on_glibc():
     args = build_parser().parse_args(["profile", "--keep-freed-memory"])
     assert args.keep_freed_memory
     assert keep_freed_memory() is (sys.platform == "linux")
+
+
+def test_freeze_profiles_one_chosen_set_against_unfrozen():
+    model = mlp(width=8, depth=3)
+    x = torch.randn(4, 64)
+    before = snapshot(model)
+    rows = with_ratios(profile_freezing(model, x, freeze=["head", "fc2"], repeats=1))
+    assert [(r["mode"], r["depth"], r["frozen_units"]) for r in rows] == [
+        ("unfrozen", 0, []), ("chosen", 2, ["fc2", "head"])]
+    assert rows[0]["flop_ratio"] == 1.0
+    sweep = profile_freezing(model, x, repeats=1)
+    unfrozen = next(r for r in sweep if r["depth"] == 0)
+    assert rows[0]["backward_flops"] == unfrozen["backward_flops"]
+    assert_same(before, snapshot(model))
+    with pytest.raises(ValueError, match="valid units are"):
+        profile_freezing(model, x, freeze=["fc9"])
+    with pytest.raises(ValueError, match="not both"):
+        profile_freezing(model, x, freeze=["fc1"], depths=[1])

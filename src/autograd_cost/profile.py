@@ -19,6 +19,7 @@ from autograd_cost.cost import (
 from autograd_cost.freezing import (
     FREEZE_MODES,
     ModelInput,
+    check_unit_names,
     exactly_frozen,
     execution_order,
     preserved_state,
@@ -67,6 +68,21 @@ def _check_modes(modes: Sequence[str]) -> list[str]:
     return list(modes)
 
 
+CHOSEN_MODES = ("unfrozen", "chosen")
+
+
+def _plans(
+    order: list[str], modes: Sequence[str], depths: Sequence[int] | None,
+    freeze: Sequence[str] | None,
+) -> list[tuple[str, int, list[str]]]:
+    """(mode, depth, units to freeze) for each row, in row order."""
+    if freeze is not None:
+        chosen = [name for name in order if name in set(freeze)]  # in execution order
+        return [("unfrozen", 0, []), ("chosen", len(chosen), chosen)]
+    depths = list(range(len(order) + 1)) if depths is None else list(depths)
+    return [(m, d, units_to_freeze(order, m, d)) for m in modes for d in depths]
+
+
 def to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
     """Move a tensor or a tuple of tensors to `device`, refusing anything else (notebook 02)."""
     if isinstance(example_input, tuple):
@@ -98,17 +114,25 @@ def profile_freezing(
     depths: Sequence[int] | None = None,
     device: str | torch.device | None = None,
     repeats: int | None = None,
+    freeze: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Backward FLOPs, saved bytes and backward time for each (mode, depth) (notebook 02).
 
-    Units are frozen in forward-execution order. The model is left as it was: requires_grad,
-    .grad, buffers, train/eval mode and device are all restored, also on error.
+    Units are frozen in forward-execution order. With `freeze=[unit names]` there is no sweep:
+    two rows compare the unfrozen model (mode "unfrozen") with exactly those units frozen and
+    the rest trainable (mode "chosen", depth = number of units). The model is left as it was:
+    requires_grad, .grad, buffers, train/eval mode and device are all restored, also on error.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not units(model):
         raise ValueError(f"{type(model).__name__} has no parameters, so there is nothing to freeze")
     modes = _check_modes(modes)
+    if freeze is not None:
+        check_unit_names(model, freeze)
+        if depths is not None:
+            raise ValueError("give either freeze= (one set of units) or depths= (a sweep), "
+                             "not both")
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise ValueError(f"repeats must be a positive int or None (adaptive), got {repeats!r}")
     device = pick_device(device)
@@ -118,8 +142,7 @@ def profile_freezing(
     loss = make_loss_fn(loss_fn, target)
     with preserved_state(model), on_device(model, device):
         order = execution_order(model, example_input)
-        depths = list(range(len(order) + 1)) if depths is None else list(depths)
-        plans = [(m, d, units_to_freeze(order, m, d)) for m in modes for d in depths]
+        plans = _plans(order, modes, depths, freeze)
         distinct = list({tuple(frozen): frozen for _, _, frozen in plans}.values())
         costs = {}
         for frozen in distinct:
@@ -166,6 +189,8 @@ def profile_freezing(
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add each row's backward time and FLOPs relative to the unfrozen model (notebook 02)."""
     base = {r["mode"]: r for r in rows if r["depth"] == 0}
+    if "chosen" in {r["mode"] for r in rows} and "unfrozen" in base:
+        base["chosen"] = base["unfrozen"]
     if set(base) != {r["mode"] for r in rows}:
         raise ValueError("ratios need a depth-0 (unfrozen) row for every mode")
     out = []
@@ -216,6 +241,9 @@ def plot_profile(rows: list[dict[str, Any]], path: str | None = None, title: str
 
     ratios = with_ratios(rows)
     fig, (cost_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    if any(r["mode"] == "chosen" for r in ratios):
+        _plot_chosen(ratios, cost_ax, memory_ax)
+        return _finish(fig, path, title)
     for mode, color in zip(FREEZE_MODES, ("tab:blue", "tab:orange"), strict=True):
         mine = [r for r in ratios if r["mode"] == mode]
         if not mine:
@@ -238,6 +266,29 @@ def plot_profile(rows: list[dict[str, Any]], path: str | None = None, title: str
                   title="Saved activations vs freeze depth")
     cost_ax.legend(fontsize=8)
     memory_ax.legend(fontsize=8)
+    return _finish(fig, path, title)
+
+
+def _plot_chosen(ratios: list[dict[str, Any]], cost_ax, memory_ax) -> None:
+    """Bars for the unfrozen model against one chosen frozen set (`freeze=`)."""
+    labels = ["unfrozen", "chosen set"]
+    base = ratios[0]["backward_seconds"]
+    below = [(r["backward_seconds"] - r["backward_seconds_q1"]) / base for r in ratios]
+    above = [(r["backward_seconds_q3"] - r["backward_seconds"]) / base for r in ratios]
+    positions = range(len(ratios))
+    cost_ax.bar([p - 0.2 for p in positions], [r["time_ratio"] for r in ratios], width=0.4,
+                yerr=[below, above], capsize=4, label="measured time (Q1-Q3)")
+    cost_ax.bar([p + 0.2 for p in positions], [r["flop_ratio"] for r in ratios], width=0.4,
+                label="backward FLOPs")
+    cost_ax.set(xticks=list(positions), xticklabels=labels, ylabel="backward cost / unfrozen",
+                title="Backward cost of the chosen freeze")
+    memory_ax.bar(list(positions), [r["saved_activation_bytes"] / 2**20 for r in ratios])
+    memory_ax.set(xticks=list(positions), xticklabels=labels, ylabel="MiB saved for backward",
+                  title="Saved activations")
+    cost_ax.legend(fontsize=8)
+
+
+def _finish(fig, path: str | None, title: str):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
