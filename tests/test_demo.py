@@ -43,7 +43,10 @@ def test_bad_mode_and_depth_raise_clear_errors():
 
 def test_bars_show_time_only_when_measured():
     snap = depth_snapshot(mlp(width=8, depth=2), torch.randn(4, 64), 1)
-    assert len(cost_bars(snap).axes[0].patches) == 2
+    axes = cost_bars(snap).axes[0]
+    assert len(axes.patches) == 2
+    labels = [label.get_text() for label in axes.get_yticklabels()]
+    assert labels == ["backward FLOPs", "bytes kept for backward"]
     assert len(cost_bars(snap, time_ms=1.0, unfrozen_ms=2.0).axes[0].patches) == 3
 
 

@@ -118,6 +118,31 @@ def test_removed_nodes_are_drawn_dashed_and_counted_in_the_summary():
     assert picture.dot.source.count("style=dashed") > 5
 
 
+@pytest.mark.parametrize("which", ["prefix", "suffix"])
+def test_draw_freeze_keeps_the_nodes_pytorch_builds_when_frozen(course_model, which):
+    """The solid nodes of the picture, by type, are what PyTorch records with the units frozen."""
+    model, x = course_model
+    order = execution_order(model, x)
+    pick = prefix_units if which == "prefix" else suffix_units
+    for depth in range(len(order)):
+        names = pick(order, depth)
+        picture = draw_freeze(model, x, names)
+        assert len(picture.nodes) == sum(node_counts(model_loss(model, x)).values())
+        for param in model.parameters():
+            param.requires_grad_(True)
+        freeze_units(model, names)
+        assert picture.kept_counts() == node_counts(model_loss(model, x))
+        for param in model.parameters():
+            param.requires_grad_(True)
+
+
+def test_unfrozen_picture_keeps_every_node():
+    model = mlp(width=4, depth=1)
+    loss = model_loss(model, torch.randn(2, 64))
+    picture = draw_graph(loss)
+    assert picture.removed == () and picture.kept_counts() == node_counts(loss)
+
+
 def test_draw_freeze_leaves_the_model_as_it_was():
     model = mlp(width=8, depth=2)
     model.fc2.requires_grad_(False)

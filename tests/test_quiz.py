@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from autograd_cost import count_flops, execution_order, mlp
 from autograd_cost.exercises.quiz import QUESTIONS, check_quiz, show_quiz
+from autograd_cost.freezing import exactly_frozen, prefix_units, suffix_units
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -59,3 +61,26 @@ def test_q2_answer_is_what_pytorch_does_to_a_frozen_parameters_grad():
     assert fresh.weight.grad is None  # None only because it was None before
     q2 = QUESTIONS[2]
     assert "unchanged" in q2.options[q2.answer]
+
+
+def _backward_flops_left(model, names):
+    x = torch.randn(4, model.fc1.in_features)
+    with exactly_frozen(model, names):
+        return count_flops(model, x).backward
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_q1_answer_holds_for_equal_widths_and_needs_that_scope(depth):
+    """count_flops is the oracle: equal widths, the first half saves more; a wide head flips it."""
+    square = mlp(width=16, depth=2 * depth - 1, in_features=16, out_features=16)
+    order = execution_order(square, torch.randn(4, 16))
+    half = len(order) // 2
+    first = _backward_flops_left(square, prefix_units(order, half))
+    last = _backward_flops_left(square, suffix_units(order, half))
+    assert first < last  # fewer backward FLOPs left: the first half saved more
+    q1 = QUESTIONS[1]
+    assert q1.options[q1.answer] == "the first half" and "same width" in q1.text
+    wide_head = mlp(width=16, depth=3, out_features=1000)
+    order = execution_order(wide_head, torch.randn(4, 64))
+    assert _backward_flops_left(wide_head, suffix_units(order, 2)) < _backward_flops_left(
+        wide_head, prefix_units(order, 2))  # so Q1 must say "the same width"

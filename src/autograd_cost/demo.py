@@ -67,10 +67,10 @@ def _time_ms(model: nn.Module, example_input: ModelInput, names: Sequence[str]) 
 
 
 def cost_bars(snapshot: DepthSnapshot, time_ms: float | None = None, unfrozen_ms: float = 0.0):
-    """Projector-sized bars of FLOPs, saved memory and time as % of unfrozen (notebook 01)."""
+    """Projector-sized bars: FLOPs, bytes kept for backward, time; % of unfrozen (notebook 01)."""
     import matplotlib.pyplot as plt
 
-    labels = ["backward FLOPs", "saved memory"]
+    labels = ["backward FLOPs", "bytes kept for backward"]
     values = [
         100 * snapshot.backward_flops / snapshot.unfrozen_backward_flops,
         100 * snapshot.saved_bytes / snapshot.unfrozen_saved_bytes,

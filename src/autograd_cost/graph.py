@@ -141,9 +141,23 @@ def removed_nodes(output: torch.Tensor, frozen: Iterable[torch.Tensor]) -> list[
 class GraphPicture:
     """A rendered autograd graph: SVG in Jupyter, a one-line summary in print (notebook 01)."""
 
-    def __init__(self, dot: graphviz.Digraph, summary: str) -> None:
+    def __init__(
+        self,
+        dot: graphviz.Digraph,
+        summary: str,
+        nodes: Sequence[str] = (),
+        removed: Iterable[str] = (),
+    ) -> None:
         self.dot = dot
         self.summary = summary
+        self.nodes = tuple(nodes)  # stable names of every backward node drawn
+        self.removed = tuple(removed)  # the names among them drawn dashed
+
+    def kept_counts(self) -> dict[str, int]:
+        """The backward nodes drawn solid, by type, as node_counts gives them (notebook 01)."""
+        removed = set(self.removed)
+        kinds = Counter(name.split("#")[0] for name in self.nodes if name not in removed)
+        return dict(sorted(kinds.items()))
 
     def svg(self) -> str:
         """The SVG text, identical on every run for the same graph."""
@@ -216,7 +230,10 @@ def draw_graph(
     summary = f"autograd graph: {len(fns)} backward nodes"
     if frozen:
         summary += f", {len(removed)} removed by freezing (dashed), {kept} kept"
-    return GraphPicture(_deterministic_dot(dot, removed_ids), summary)
+    ordered = [names[id(fn)] for fn in fns]
+    return GraphPicture(
+        _deterministic_dot(dot, removed_ids), summary, ordered, [n for n in ordered if n in removed]
+    )
 
 
 def default_loss(output: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ class Question:
 
 QUESTIONS: dict[int, Question] = {
     1: Question(
-        "Freezing the first half of an MLP's layers, or the last half: which saves more "
+        "In an MLP whose layers all have the same width (input, hidden layers and output "
+        "alike), freezing the first half of its layers or the last half: which saves more "
         "backward FLOPs?",
         {"a": "the first half", "b": "the last half", "c": "both save the same"},
         "a",
