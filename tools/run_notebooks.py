@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebooks or folders (default: notebooks/)")
     parser.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell (120)")
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds per notebook (60)")
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds per notebook (30)")
     opts = parser.parse_args(argv)
 
     paths = collect(opts.notebooks)
