@@ -19,8 +19,10 @@ from autograd_cost.schedule import (
     adapt,
     apply_frozen_bn_mode,
     backward_flops_by_depth,
+    eval_logits,
     expected_saving,
     fit,
+    forward_floor_seconds,
     freeze_fraction,
     frozen_count,
     head_inputs,
@@ -248,6 +250,48 @@ def test_fit_matches_a_hand_written_adam_loop():
         optimizer.step()
     for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_forward_floor_runs_fits_batches_forward_only_and_restores_the_model():
+    model = small_cnn(channels=4, hidden=8).train()
+    model.conv2.weight.requires_grad_(False)
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(10, (12,))
+    snapshot = copy.deepcopy(model.state_dict())
+    flags = [p.requires_grad for p in model.parameters()]
+    seen, bn_modes = [], []
+    model.bn1.register_forward_hook(lambda module, args, output: bn_modes.append(module.training))
+    handle = model.register_forward_hook(
+        lambda module, args, output: seen.append((len(args[0]), output.requires_grad))
+    )
+    seconds = forward_floor_seconds(model, x, y, epochs=2, batch_size=5, seed=3)
+    handle.remove()
+    from autograd_cost.data import batch_order
+
+    expected_sizes = [len(b) for b in batch_order(12, 5, 2, seed=3)]  # fit's batches
+    assert [size for size, _ in seen] == expected_sizes
+    assert not any(requires for _, requires in seen)  # no graph: nothing is trained
+    assert bn_modes == [False] * len(expected_sizes)  # frozen BatchNorm in eval mode
+    assert isinstance(seconds, float) and seconds > 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshot[key])  # weights and running stats unchanged
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert model.training and model.bn1.training
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="differ in length"):
+        forward_floor_seconds(model, x, y[:4], epochs=1)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        forward_floor_seconds(model, x, y, epochs=1, batch_size=0)
+
+
+def test_eval_logits_are_the_eval_mode_outputs_and_restore_mode():
+    model = small_cnn(channels=4, hidden=8).train()
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    model.train()
+    logits = eval_logits(model, x)
+    torch.testing.assert_close(logits, expected)
+    assert not logits.requires_grad and model.training
 
 
 def test_accuracy_matches_argmax_and_restores_mode():

@@ -240,7 +240,8 @@ def _train_loop(
     bn_mode: str,
     device: torch.device,
 ) -> FitResult:
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr) if trainable else None
     freezer = None
     if schedule is not None:
         order = execution_order(model, inputs[:2])
@@ -254,7 +255,7 @@ def _train_loop(
         if freezer is not None:
             frozen_per_step.append(len(freezer.update(step / len(batches))))
         loss = F.cross_entropy(model(inputs[index]), labels[index])
-        if loss.requires_grad:
+        if loss.requires_grad and optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -262,14 +263,43 @@ def _train_loop(
     return FitResult(time.perf_counter() - start, len(batches), frozen_per_step)
 
 
+def forward_floor_seconds(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> float:
+    """Wall time of `fit`'s loop with every unit frozen: forward and loss only (notebook 05).
+
+    Same batches and loop as `fit`, every BatchNorm in eval mode, no backward, no optimizer.
+    No freezing schedule can train faster, because a frozen unit still runs its forward.
+    The model's weights, requires_grad and train/eval modes are left as they were.
+    """
+    _check_positive_int(epochs=epochs, batch_size=batch_size)
+    if len(inputs) != len(labels):
+        raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
+    batches = [b.to(inputs.device) for b in batch_order(len(labels), batch_size, epochs, seed)]
+    with preserved_state(model):
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return _train_loop(model, inputs, labels, batches, 0.0, None, "eval", inputs.device).seconds
+
+
+def eval_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model's outputs in eval mode, without grad; the model is restored (notebook 05)."""
+    with preserved_state(model), torch.no_grad():
+        model.eval()
+        return model(inputs)
+
+
 def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of `inputs` classified right, in eval mode; the model is restored (nb 05)."""
     if len(inputs) != len(labels) or not len(labels):
         raise ValueError(f"need equally many inputs and labels, got {len(inputs)} and "
                          f"{len(labels)}")
-    with preserved_state(model), torch.no_grad():
-        model.eval()
-        predictions = model(inputs).argmax(dim=1)
+    predictions = eval_logits(model, inputs).argmax(dim=1)
     return (predictions == labels).float().mean().item()
 
 
