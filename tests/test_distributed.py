@@ -211,12 +211,13 @@ def test_ring_allreduce_formula():
 
 
 def test_projection_scales_with_the_trainable_share():
-    links = {"net": 12.5e9, "nvlink": 900e9}
+    links = {"net": 12.5e9, "nvlink": 450e9}  # bytes per second, per direction
     rows = project_allreduce(1e9, [0, 0.5, 1], 4, world_size=8, links=links)
     assert rows[0]["allreduce_bytes"] == 4e9
     assert rows[1]["net"] == pytest.approx(rows[0]["net"] / 2)
     assert rows[2]["nvlink"] == 0.0
     assert rows[0]["net"] == pytest.approx(2 * 7 / 8 * 4e9 / 12.5e9)
+    assert rows[0]["nvlink"] == pytest.approx(rows[0]["net"] / 36)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         project_allreduce(1e9, [1.5], 4, 8, links)
     with pytest.raises(ValueError, match="links"):

@@ -6,12 +6,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from autograd_cost.cost import Timing, count_flops
-from autograd_cost.freezing import exactly_frozen, units
+from autograd_cost.freezing import exactly_frozen, preserved_state, units
 from autograd_cost.methods import (
     DRIFT_FIXES,
     WAYS,
     PartlyDetached,
     WayRow,
+    changes_in_eval,
     compare_ways,
     draw_way,
     eval_candidates,
@@ -168,15 +169,52 @@ def test_without_eval_norm_a_frozen_batchnorm_still_updates_its_stats():
     assert max_abs_change([model.bn1.running_mean], before) > 0
 
 
-def test_eval_norm_covers_dropout_layernorm_and_groupnorm():
+def _eval_changes_output(module: nn.Module, x: torch.Tensor) -> bool:
+    """Oracle: does PyTorch's forward differ between train and eval mode (state restored)?"""
+    with preserved_state(module):
+        torch.manual_seed(0)
+        train_out = module.train()(x)
+        eval_out = module.eval()(x)
+    return not torch.equal(train_out, eval_out)
+
+
+@pytest.mark.parametrize(
+    "make, x_shape",
+    [
+        (lambda: nn.BatchNorm1d(4), (8, 4)),
+        (lambda: nn.BatchNorm2d(4), (8, 4, 3, 3)),
+        (lambda: nn.BatchNorm1d(4, track_running_stats=False), (8, 4)),
+        (lambda: nn.InstanceNorm1d(4), (8, 4, 5)),
+        (lambda: nn.InstanceNorm1d(4, track_running_stats=True), (8, 4, 5)),
+        (lambda: nn.LayerNorm(4), (8, 4)),
+        (lambda: nn.GroupNorm(2, 4), (8, 4)),
+        (lambda: nn.Dropout(0.5), (8, 4)),
+        (lambda: nn.Dropout2d(0.5), (8, 4, 3, 3)),
+        (lambda: nn.Linear(4, 4), (8, 4)),
+    ],
+)
+def test_changes_in_eval_matches_what_eval_mode_does(make, x_shape):
+    module = make()
+    x = torch.randn(*x_shape, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    assert changes_in_eval(module) == _eval_changes_output(module, x)
+
+
+def test_changes_in_eval_for_attention_follows_its_dropout():
+    assert changes_in_eval(nn.MultiheadAttention(4, 2, dropout=0.1))
+    assert not changes_in_eval(nn.MultiheadAttention(4, 2))
+
+
+def test_eval_norm_switches_only_dropout_and_running_stat_norms():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Dropout(0.5),
-                          nn.GroupNorm(2, 4), nn.Linear(4, 2))
+                          nn.GroupNorm(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     x = torch.randn(16, 4)
-    assert len(eval_candidates([model])) == 3
-    with freeze(model, ["0", "1", "2", "3"], eval_norm=True):
+    assert eval_candidates([model]) == [model[2], model[4]]
+    with freeze(model, ["0", "1", "2", "3", "4"], eval_norm=True):
         model.train()
-        assert torch.equal(model(x), model(x))  # dropout is off
-    assert model[2].training
+        assert torch.equal(model(x), model(x))  # dropout is off, BatchNorm uses running stats
+        assert model[1].training and model[3].training  # LayerNorm, GroupNorm left alone
+        assert not model[2].training and not model[4].training
+    assert model[2].training and model[4].training
 
 
 def test_freeze_rejects_bad_input():

@@ -708,7 +708,7 @@ def _check_positive_number(name: str, value: float) -> None:
 
 
 def ring_allreduce_seconds(nbytes: float, world_size: int, bytes_per_second: float) -> float:
-    """Bandwidth-only time of a ring all-reduce: 2(n-1)/n x bytes / bandwidth (notebook 06)."""
+    """Bandwidth-only ring all-reduce time: 2(n-1)/n x bytes / bandwidth per direction (nb 06)."""
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float)) or nbytes < 0:
         raise ValueError(f"nbytes must be a non-negative number, got {nbytes!r}")
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
@@ -726,12 +726,13 @@ def project_allreduce(
 ) -> list[dict[str, Any]]:
     """All-reduce time per step for each frozen share of a model, on each link (notebook 06).
 
-    `links` maps a link name to its bandwidth in bytes per second.
+    `links` maps a link name to its bandwidth in bytes per second per direction (a ring
+    sends and receives at once), e.g. 450e9 for H100 NVLink 4, whose 900 GB/s is both ways.
     """
     _check_positive_number("total_params", total_params)
     _check_positive_number("bytes_per_param", bytes_per_param)
     if not links:
-        raise ValueError("links must name at least one bandwidth, e.g. {'NVLink': 900e9}")
+        raise ValueError("links must name at least one bandwidth, e.g. {'NVLink 4': 450e9}")
     bad = [f for f in frozen_fractions if not 0 <= f <= 1]
     if bad:
         raise ValueError(f"frozen fractions must lie in [0, 1], got {bad}")

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
-from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.optim import Optimizer
 
 from autograd_cost.cost import (
@@ -25,8 +24,6 @@ from autograd_cost.cost import (
 )
 from autograd_cost.freezing import preserved_state, units
 from autograd_cost.graph import GraphPicture, backward_nodes, draw_graph
-
-EVAL_MODULE_TYPES = (_BatchNorm, _InstanceNorm, nn.LayerNorm, nn.GroupNorm, _DropoutNd)
 
 # ---------------------------------------------------------------- data
 
@@ -67,18 +64,32 @@ def parameters_of(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+def changes_in_eval(module: nn.Module) -> bool:
+    """Whether eval mode changes this module's forward on its own (notebook 03).
+
+    True for Dropout layers, attention with dropout, and norms that track running statistics
+    (BatchNorm, InstanceNorm with track_running_stats=True). LayerNorm, GroupNorm and a norm
+    without running statistics compute the same thing in train and eval mode: False.
+    """
+    if isinstance(module, _DropoutNd):
+        return True
+    if isinstance(module, nn.MultiheadAttention):
+        return module.dropout > 0
+    return isinstance(module, _NormBase) and module.track_running_stats
+
+
 def eval_candidates(modules: Sequence[nn.Module]) -> list[nn.Module]:
-    """Normalization and Dropout modules inside `modules`, each once (notebook 03)."""
+    """The modules inside `modules` for which changes_in_eval holds, each once (notebook 03)."""
     seen: dict[int, nn.Module] = {}
     for module in modules:
         for child in module.modules():
-            if isinstance(child, EVAL_MODULE_TYPES):
+            if changes_in_eval(child):
                 seen.setdefault(id(child), child)
     return list(seen.values())
 
 
 def _keep_in_eval(module: nn.Module, args: tuple) -> None:
-    """Forward pre-hook: a frozen norm layer runs in eval mode even after model.train()."""
+    """Forward pre-hook: a frozen BatchNorm or Dropout runs in eval mode after model.train()."""
     module.train(False)
 
 
@@ -96,8 +107,9 @@ class Freeze:
     """A freeze that is undone by restore() or by leaving its `with` block (notebook 03).
 
     Applied when built: requires_grad off and .grad set to None for the parameters of the
-    named modules; optionally they leave `optimizer` (param groups and state), and their
-    normalization/Dropout layers run in eval mode, even after a later model.train().
+    named modules; optionally they leave `optimizer` (param groups and state), and with
+    eval_norm=True the layers that eval mode changes (changes_in_eval: BatchNorm running
+    statistics, Dropout) run in eval mode, even after a later model.train().
     """
 
     def __init__(
@@ -570,7 +582,7 @@ def frozen_drift(
 
 
 def forum_mlp(seed: int = 0) -> nn.Sequential:
-    """Three Linear layers 10→20→10→5 with ReLUs, like seed 004's first example (notebook 03)."""
+    """Three Linear layers 10→20→10→5 with ReLUs, as in the forum answer (notebook 03)."""
     torch.manual_seed(seed)
     return nn.Sequential(
         OrderedDict(
@@ -584,7 +596,7 @@ def forum_mlp(seed: int = 0) -> nn.Sequential:
 
 
 def forum_cnn(seed: int = 0) -> nn.Sequential:
-    """Two Conv+ReLU+pool blocks on 3x28x28 and two Linear layers, like seed 004 (notebook 03)."""
+    """Two Conv+ReLU+pool blocks on 3x28x28, two Linear layers: the forum answer's (notebook 03)."""
     torch.manual_seed(seed)
     return nn.Sequential(
         OrderedDict(
