@@ -1,12 +1,14 @@
 """Partial weight freezing: the split design against the unsplit layer, FLOPs against formulas,
 frozen entries against Adam, and the measuring helpers against known inputs."""
 
+import statistics
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autograd_cost.cost import count_flops, saved_activation_bytes
+from autograd_cost.cost import count_flops, saved_activation_bytes, summarize_times
 from autograd_cost.partial import (
     CatLinear,
     SplitLinear,
@@ -23,14 +25,19 @@ from autograd_cost.partial import (
     op_counts,
     pin_frozen_entries,
     plan_masks,
+    plot_step_times,
     profile_run,
     question_batch,
     question_net,
     rows_mask,
+    self_seconds_per_call,
+    sgd_decay_change,
     split_freeze,
+    surplus_seconds,
     timing_table,
     train_steps,
     training_step,
+    typical_self_seconds,
     whole_freeze,
 )
 
@@ -318,3 +325,103 @@ def test_profile_run_counts_scale_with_steps():
     assert "frozen rows=2/5" in repr(CatLinear(linear(), 2))
     with pytest.raises(ValueError, match="steps >= 1"):
         profile_run(lambda: None, steps=0)
+
+
+def test_sgd_weight_decay_moves_hook_masked_entries_as_decay_alone_predicts():
+    model, x, loss = net_and_loss()
+    masks = plan_masks(model, PLAN)
+    hooked = hook_freeze(model, PLAN)
+    # oracle: a zero gradient plus decay gives w_n = w_0 (1 - lr wd)^n for every masked entry
+    largest = max(model.get_submodule(n).weight.detach()[m].abs().max().item()
+                  for n, m in masks.items())
+    expected = largest * (1 - (1 - 0.05 * 0.1) ** 30)
+    assert sgd_decay_change(hooked, masks, lr=0.05, weight_decay=0.1, steps=30) == (
+        pytest.approx(expected, rel=1e-12))
+    sgd = torch.optim.SGD(hooked.parameters(), lr=0.05, weight_decay=0.1)
+    moved = frozen_entry_change(hooked, masks, x, loss, steps=30, optimizer=sgd)
+    assert moved == pytest.approx(expected, rel=1e-4) and moved > 0.01
+    plain_sgd = torch.optim.SGD(hooked.parameters(), lr=0.05)
+    assert frozen_entry_change(hooked, masks, x, loss, steps=30, optimizer=plain_sgd) == 0.0
+    assert sgd_decay_change(hooked, masks, lr=0.05, weight_decay=0.0, steps=30) == 0.0
+    with pytest.raises(ValueError, match="weight_decay >= 0"):
+        sgd_decay_change(hooked, masks, lr=0.05, weight_decay=-1.0, steps=3)
+
+
+class FakeEvent:
+    def __init__(self, name, self_micros):
+        self.name, self.self_cpu_time_total = name, self_micros
+
+
+class FakeProfile:
+    def __init__(self, calls):
+        self.calls = [FakeEvent(name, micros) for name, micros in calls]
+
+    def events(self):
+        return self.calls
+
+
+def test_extra_op_seconds_charges_only_the_surplus_calls_at_the_median():
+    baseline = FakeProfile([("aten::as_strided", 1.0)] * 2 + [("aten::mm", 5.0)])
+    # four as_strided calls, one of them preempted (100 µs); two more than the baseline
+    variant = FakeProfile([("aten::as_strided", 1.0)] * 3 + [("aten::as_strided", 100.0)]
+                          + [("aten::mm", 5.0), ("aten::cat", 3.0), ("aten::cat", 4.0)])
+    assert self_seconds_per_call(variant)["aten::as_strided"] == pytest.approx(1e-6)
+    charged = extra_op_seconds(baseline, variant)
+    assert charged == pytest.approx({"aten::as_strided": 2e-6, "aten::cat": 7e-6})
+    assert typical_self_seconds(variant) == pytest.approx((4 * 1.0 + 5.0 + 2 * 3.5) * 1e-6)
+    assert surplus_seconds({"aten::cat": 2e-6}, {"aten::cat": 3}) == pytest.approx(
+        {"aten::cat": 6e-6})
+    with pytest.raises(ValueError, match="no self time per call"):
+        surplus_seconds({"aten::cat": 2e-6}, {"aten::mm": 1})
+    with pytest.raises(ValueError, match=">= 0"):
+        surplus_seconds({"aten::cat": 2e-6}, {"aten::cat": -1})
+
+
+def test_extra_op_seconds_on_a_real_profile():
+    baseline = profile_run(lambda: torch.ones(3) + 1, steps=4)
+    variant = profile_run(lambda: (torch.ones(3) + 1) + 1 + 1, steps=4)
+    counts = op_counts(variant)
+    assert extra_ops(op_counts(baseline), counts)["aten::add"] == 8 and counts["aten::add"] == 12
+    adds = [e.self_cpu_time_total / 1e6 for e in variant.events() if e.name == "aten::add"]
+    assert extra_op_seconds(baseline, variant)["aten::add"] == pytest.approx(
+        8 * statistics.median(adds))
+    assert typical_self_seconds(variant) > 0
+
+
+def test_plot_step_times_draws_medians_quartiles_and_flop_predictions():
+    samples = {"small": {"plain": [1e-6, 2e-6, 4e-6, 5e-6], "split": [6e-6, 7e-6, 8e-6]},
+               "large": {"plain": [0.010, 0.012, 0.011], "split": [0.009, 0.010, 0.008]}}
+    flops = {"small": {"plain": 100, "split": 80}, "large": {"plain": 1000, "split": 600}}
+    fig = plot_step_times(samples, flops)
+    assert len(fig.axes) == 2
+    small, large = fig.axes
+    assert [t.get_text() for t in small.get_yticklabels()] == ["plain", "split"]
+    plain = summarize_times(samples["small"]["plain"])
+    widths = [bar.get_width() for bar in small.patches]
+    assert widths == pytest.approx([plain.median * 1e6, 7.0])
+    diamonds = small.lines[-1].get_xdata()
+    assert list(diamonds) == pytest.approx([plain.median * 1e6, plain.median * 1e6 * 0.8])
+    assert list(large.lines[-1].get_xdata()) == pytest.approx([11.0, 6.6])  # ms
+    assert "µs" in small.get_xlabel() and "ms" in large.get_xlabel()
+    low, high = plain.error_bar()
+    segments = small.collections[0].get_segments()  # the error bars, one per design
+    assert segments[0][0][0] == pytest.approx((plain.median - low) * 1e6)
+    assert segments[0][1][0] == pytest.approx((plain.median + high) * 1e6)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("samples", "flops", "error"),
+    [
+        ({}, {}, "non-empty panels"),
+        ({"a": {"plain": [1.0]}}, {"b": {"plain": 1}}, "same non-empty panels"),
+        ({"a": {"cat": [1.0]}}, {"a": {"cat": 1}}, "'plain' must be a design"),
+        ({"a": {"plain": [1.0], "cat": [1.0]}}, {"a": {"plain": 1}}, "every design needs FLOPs"),
+        ({"a": {"plain": []}}, {"a": {"plain": 1}}, "empty samples"),
+    ],
+)
+def test_plot_step_times_rejects_bad_input(samples, flops, error):
+    with pytest.raises(ValueError, match=error):
+        plot_step_times(samples, flops)

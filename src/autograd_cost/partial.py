@@ -18,6 +18,7 @@ question's list of split indices. Every builder returns a new model and leaves i
 from __future__ import annotations
 
 import copy
+import statistics
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -517,6 +518,28 @@ def frozen_entry_change(
 # ------------------------------------------------------------------ measuring
 
 
+def sgd_decay_change(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    lr: float,
+    weight_decay: float,
+    steps: int,
+) -> float:
+    """Largest change of a masked entry under SGD's weight decay alone (notebook 04).
+
+    With a zero gradient, SGD's update is w <- w (1 - lr * weight_decay), so after `steps`
+    steps an entry has moved by |w| (1 - (1 - lr * weight_decay) ** steps).
+    """
+    if lr <= 0 or weight_decay < 0 or not isinstance(steps, int) or steps < 0:
+        raise ValueError(
+            f"need lr > 0, weight_decay >= 0 and an int steps >= 0, got lr={lr}, "
+            f"weight_decay={weight_decay}, steps={steps!r}"
+        )
+    weights = full_weights(model, list(masks))
+    largest = max(weights[name][mask].abs().max().item() for name, mask in masks.items())
+    return largest * (1 - (1 - lr * weight_decay) ** steps)
+
+
 def gradient_bytes(
     model: nn.Module, example_input: torch.Tensor, loss_fn: LossFn | None = None
 ) -> int:
@@ -578,11 +601,101 @@ def extra_ops(baseline: Counter[str], variant: Counter[str]) -> dict[str, int]:
     return dict(sorted(surplus.items()))
 
 
+def self_seconds_per_call(prof: profile) -> dict[str, float]:
+    """Median self CPU seconds of one call of each op in a profile (notebook 04).
+
+    The median, not the mean, so that one call the OS preempted does not inflate its op.
+    """
+    per_call: dict[str, list[float]] = {}
+    for event in prof.events():
+        per_call.setdefault(event.name, []).append(event.self_cpu_time_total / 1e6)
+    return {name: statistics.median(times) for name, times in per_call.items()}
+
+
+def surplus_seconds(
+    per_call: Mapping[str, float], surplus: Mapping[str, int]
+) -> dict[str, float]:
+    """Self seconds of only the surplus calls: seconds per call * surplus count (notebook 04)."""
+    missing = [name for name in surplus if name not in per_call]
+    if missing:
+        raise ValueError(f"no self time per call for surplus ops {missing}")
+    negative = {name: count for name, count in surplus.items() if count < 0}
+    if negative:
+        raise ValueError(f"surplus call counts must be >= 0, got {negative}")
+    return {name: per_call[name] * count for name, count in surplus.items()}
+
+
 def extra_op_seconds(baseline: profile, variant: profile) -> dict[str, float]:
-    """Self CPU seconds of the ops the variant runs more than the baseline (notebook 04)."""
+    """Self CPU seconds of the variant's surplus calls over the baseline, per op (notebook 04).
+
+    Each surplus call is charged its op's median self time per call in the variant, so an op
+    that both run (such as as_strided) is charged for its surplus calls only.
+    """
     extra = extra_ops(op_counts(baseline), op_counts(variant))
-    self_time = {e.key: e.self_cpu_time_total / 1e6 for e in variant.key_averages()}
-    return {name: self_time.get(name, 0.0) for name in extra}
+    return surplus_seconds(self_seconds_per_call(variant), extra)
+
+
+def typical_self_seconds(prof: profile) -> float:
+    """Self CPU seconds of a profile, each call charged its op's median per call (notebook 04)."""
+    per_call = self_seconds_per_call(prof)
+    return sum(per_call[name] * count for name, count in op_counts(prof).items())
+
+
+def plot_step_times(
+    samples: Mapping[str, Mapping[str, Sequence[float]]],
+    step_flops: Mapping[str, Mapping[str, int]],
+    baseline: str = "plain",
+):
+    """Median step time per design with [Q1, Q3] bars, beside what FLOPs predict (notebook 04).
+
+    One panel per key of `samples` (a model size, say), designs top to bottom. The diamond is
+    the baseline's median times the design's step FLOPs over the baseline's: where the bar
+    would end if time followed FLOPs. Returns the matplotlib figure.
+    """
+    _check_step_times(samples, step_flops, baseline)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(samples), figsize=(5.5 * len(samples), 4.5), squeeze=False)
+    for ax, (title, runs) in zip(axes[0], samples.items(), strict=True):
+        names = list(runs)
+        timings = [summarize_times(list(runs[name])) for name in names]
+        base = summarize_times(list(runs[baseline])).median
+        scale, unit = (1e6, "µs") if base < 1e-3 else (1e3, "ms")
+        rows = list(range(len(names)))
+        low, high = zip(*(t.error_bar() for t in timings), strict=True)
+        ax.barh(rows, [t.median * scale for t in timings], color="tab:blue", alpha=0.6,
+                xerr=[[v * scale for v in low], [v * scale for v in high]], capsize=4,
+                ecolor="dimgray", label="measured median, whisker [Q1, Q3]")
+        flops = step_flops[title]
+        ax.plot([base * scale * flops[name] / flops[baseline] for name in names], rows, "D",
+                color="tab:red", label="if time followed FLOPs")
+        ax.set_yticks(rows, names)
+        ax.invert_yaxis()
+        ax.set(xlabel=f"time per training step ({unit})", title=title)
+    axes[0][0].legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _check_step_times(
+    samples: Mapping[str, Mapping[str, Sequence[float]]],
+    step_flops: Mapping[str, Mapping[str, int]],
+    baseline: str,
+) -> None:
+    if not samples or set(samples) != set(step_flops):
+        raise ValueError(
+            f"samples and step_flops need the same non-empty panels, got {sorted(samples)} "
+            f"and {sorted(step_flops)}"
+        )
+    for title, runs in samples.items():
+        flops = step_flops[title]
+        if baseline not in runs or not set(runs) <= set(flops):
+            raise ValueError(
+                f"panel {title!r}: every design needs FLOPs and {baseline!r} must be a design; "
+                f"got designs {sorted(runs)} and FLOPs for {sorted(flops)}"
+            )
+        if any(not runs[name] for name in runs) or flops[baseline] <= 0:
+            raise ValueError(f"panel {title!r}: empty samples or non-positive baseline FLOPs")
 
 
 def timing_table(samples: Mapping[str, list[float]], baseline: str | None = None) -> str:
