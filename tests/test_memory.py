@@ -11,20 +11,21 @@ from autograd_cost.cost import saved_activation_bytes
 from autograd_cost.freezing import exactly_frozen, execution_order, prefix_units, suffix_units
 from autograd_cost.memory import (
     OPTIMIZERS,
-    format_breakdown,
+    estimate_peak,
     memory_breakdown,
-    optimizer_state_bytes,
-    plot_memory_breakdown,
     resolve_optimizer,
 )
 from autograd_cost.memory_timeline import (
     CATEGORIES,
     PHASES,
+    format_breakdown,
     memory_profile,
     memory_timeline,
+    plot_memory_breakdown,
     plot_memory_timeline,
     profiled_phase,
 )
+from autograd_cost.methods import optimizer_state_bytes
 from autograd_cost.models import example_input, mlp, small_cnn, tiny_transformer
 
 matplotlib.use("Agg")
@@ -316,3 +317,42 @@ def test_table_and_plots():
         format_breakdown({})
     with pytest.raises(ValueError, match="not a MemoryTimeline"):
         plot_memory_timeline({"x": 3})
+
+
+def wide_net(batch):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 256), nn.GELU(), nn.LayerNorm(256), nn.Linear(256, 256),
+                        nn.Tanh(), nn.Linear(256, 10))
+    return net, torch.randn(batch, 32)
+
+
+def test_estimate_terms_against_counts():
+    model, x = tiny("mlp")  # 64 -> 16 -> 16 -> 16 -> 10, batch 4
+    n = sum(p.numel() for p in model.parameters())
+    estimate = estimate_peak(model, x, optimizer="adam")
+    assert estimate.parameters_bytes == estimate.gradients_bytes == FLOAT32 * n
+    assert estimate.optimizer_state_bytes == 2 * FLOAT32 * n + FLOAT32 * 8
+    assert estimate.inputs_bytes == x.numel() * FLOAT32
+    assert estimate.unsaved_inputs_bytes == 0  # fc1 trains, so it saves x
+    assert estimate.largest_activation_bytes == 4 * 16 * FLOAT32
+    assert estimate.optimizer_temporary_bytes == 2 * 64 * 16 * FLOAT32  # fc1.weight is largest
+    assert estimate.saved_activation_bytes == saved_activation_bytes(model, x)
+    assert estimate.peak_bytes == max(estimate.backward_bytes, estimate.optimizer_bytes)
+    frozen = estimate_peak(model, x, frozen=["fc1"], optimizer="sgd")
+    assert frozen.unsaved_inputs_bytes == x.numel() * FLOAT32
+    assert frozen.optimizer_state_bytes == frozen.optimizer_temporary_bytes == 0
+    assert frozen.optimizer_bytes == (frozen.parameters_bytes + frozen.inputs_bytes
+                                      + frozen.gradients_bytes)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="knows the optimizers"):
+        estimate_peak(model, x, optimizer="lion")
+
+
+@pytest.mark.parametrize("batch", [16, 1024])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_estimate_within_ten_percent_where_one_phase_dominates(batch, optimizer):
+    model, x = wide_net(batch)
+    for names in ([], ["0"], ["5"]):
+        measured = memory_breakdown(model, x, frozen=names, optimizer=optimizer).peak_bytes
+        estimated = estimate_peak(model, x, frozen=names, optimizer=optimizer).peak_bytes
+        assert abs(estimated / measured - 1) <= 0.10, (names, estimated, measured)

@@ -2,13 +2,14 @@
 
 `memory_breakdown` runs one real step (forward, backward, optimizer step) under torch.profiler
 and reports parameters, gradients, optimizer state, saved activations, temporaries and the
-peak. The profiler replay lives in `autograd_cost.memory_timeline`.
+peak. `estimate_peak` predicts the peak from tensors and hooks alone. The profiler replay, the
+table and the plots live in `autograd_cost.memory_timeline`.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -23,15 +24,13 @@ from autograd_cost.cost import (
 from autograd_cost.freezing import ModelInput, exactly_frozen, preserved_state, units
 from autograd_cost.graph import LossFn, model_loss
 from autograd_cost.memory_timeline import (
-    CATEGORIES,
-    COLORS,
     PHASES,
     MemoryTimeline,
-    byte_unit,
     memory_profile,
     memory_timeline,
     profiled_phase,
 )
+from autograd_cost.methods import optimizer_state_bytes
 from autograd_cost.profile import make_loss_fn, on_device, to_device
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -138,13 +137,6 @@ def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
         storage = tensor.untyped_storage()
         sizes[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
     return sum(sizes.values())
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in an optimizer's state, step counters included (notebook 07)."""
-    tensors = [value for state in optimizer.state.values() for value in state.values()
-               if isinstance(value, torch.Tensor)]
-    return _storage_bytes(tensors)
 
 
 def _training_step(model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None,
@@ -269,57 +261,109 @@ def _measured_model(model: nn.Module, frozen: Sequence[str] | None,
                 yield
 
 
-BREAKDOWN_COLUMNS = (
-    ("trainable", "trainable_params"),
-    ("params", "parameters_bytes"),
-    ("grads", "gradients_bytes"),
-    ("optim state", "optimizer_state_bytes"),
-    ("saved act", "saved_activation_bytes"),
-    ("temporary", "temporary_bytes"),
-    ("other", "other_bytes"),
-    ("peak", "peak_bytes"),
-)
+
+# Optimizer state per trainable parameter, in units of the parameter's element size, and
+# whether each parameter tensor also gets a float32 step counter.
+STATE_PER_PARAMETER = {"sgd": (0, False), "sgd-momentum": (1, False), "adam": (2, True),
+                       "adamw": (2, True)}
 
 
-def format_breakdown(breakdowns: Mapping[str, MemoryBreakdown]) -> str:
-    """A table of breakdowns, one row per setting, bytes with thousands separators (nb 07)."""
-    if not breakdowns:
-        raise ValueError("breakdowns must map at least one label to a MemoryBreakdown")
-    header = ["setting", *(name for name, _ in BREAKDOWN_COLUMNS), "peak in"]
-    rows = [[label, *(f"{getattr(b, key):,}" for _, key in BREAKDOWN_COLUMNS), b.peak_phase]
-            for label, b in breakdowns.items()]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+@dataclass(frozen=True)
+class PeakEstimate:
+    """The terms of the peak formula, in bytes, from tensors and hooks only (notebook 07).
 
-    def line(cells: list[str]) -> str:
-        first = f"{cells[0]:<{widths[0]}}"
-        rest = (f"{c:>{w}}" for c, w in zip(cells[1:-1], widths[1:-1], strict=True))
-        return "  ".join([first, *rest, f"{cells[-1]:<{widths[-1]}}"]).rstrip()
+    peak = parameters + optimizer state
+           + max(unsaved inputs + saved activations + 2 x largest activation,   # backward
+                 inputs + gradients + optimizer temporaries)                    # optimizer
+    """
 
-    return "\n".join([line(header), *(line(row) for row in rows)])
+    parameters_bytes: int
+    optimizer_state_bytes: int
+    gradients_bytes: int
+    inputs_bytes: int
+    unsaved_inputs_bytes: int
+    saved_activation_bytes: int
+    largest_activation_bytes: int
+    optimizer_temporary_bytes: int
+    backward_bytes: int
+    optimizer_bytes: int
+    peak_bytes: int
 
 
-def plot_memory_breakdown(breakdowns: Mapping[str, MemoryBreakdown], path: str | None = None,
-                          title: str = ""):
-    """One stacked bar per setting: what is live at the step's peak, by category (nb 07)."""
-    import matplotlib.pyplot as plt
+def _input_tensors(example_input: ModelInput) -> list[torch.Tensor]:
+    return list(example_input) if isinstance(example_input, tuple) else [example_input]
 
-    if not breakdowns:
-        raise ValueError("breakdowns must map at least one label to a MemoryBreakdown")
-    divisor, unit = byte_unit(max(b.peak_bytes for b in breakdowns.values()))
-    fig, ax = plt.subplots(figsize=(1.6 * len(breakdowns) + 3.5, 4))
-    labels = list(breakdowns)
-    bottoms = [0.0] * len(labels)
-    for category in CATEGORIES:
-        heights = [b.at_peak[category] / divisor for b in breakdowns.values()]
-        if not any(heights):
-            continue
-        ax.bar(labels, heights, bottom=bottoms, color=COLORS[category], label=category)
-        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    ax.set(ylabel=f"live at the peak ({unit})", title=title or "Memory at the peak of one step")
-    ax.tick_params(axis="x", labelsize=8)
-    handles, names = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], names[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-    return fig
+
+def _activation_facts(model: nn.Module, example_input: ModelInput,
+                      loss_fn: LossFn | None) -> tuple[int, int]:
+    """(largest module output that needs a gradient, bytes of inputs that backward saves)."""
+    inputs = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+              for t in _input_tensors(example_input)}
+    largest = [0]
+    saved_inputs: set[int] = set()
+
+    def record_output(module: nn.Module, args: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            largest[0] = max(largest[0], output.untyped_storage().nbytes())
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() in inputs:
+            saved_inputs.add(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    hooks = [m.register_forward_hook(record_output) for m in model.modules()
+             if not list(m.children())]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model_loss(model, example_input, loss_fn)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return largest[0], sum(inputs[ptr] for ptr in saved_inputs)
+
+
+def estimate_peak(
+    model: nn.Module,
+    example_input: ModelInput,
+    frozen: Sequence[str] | None = None,
+    optimizer: str = "adam",
+    target: torch.Tensor | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> PeakEstimate:
+    """Predict a training step's peak memory with the notebook's formula (notebook 07).
+
+    Backward peaks while the saved activations are live and the gradient of the largest
+    activation flows in and out; the optimizer step peaks with every gradient live plus its
+    temporaries: two tensors the size of the largest trainable parameter for Adam and AdamW
+    (torch's single-tensor implementation, its default on the CPU), none for SGD. No profiler:
+    parameters, gradients and state are counted, activations recorded with hooks.
+    """
+    if optimizer not in STATE_PER_PARAMETER:
+        raise ValueError(f"estimate_peak knows the optimizers {list(STATE_PER_PARAMETER)}, "
+                         f"got {optimizer!r}; measure others with memory_breakdown")
+    if not isinstance(model, nn.Module) or not units(model):
+        raise ValueError("model must be a torch.nn.Module with parameters")
+    _check_frozen(model, frozen)
+    loss = make_loss_fn(loss_fn, target)
+    per_parameter, step_counter = STATE_PER_PARAMETER[optimizer]
+    configured = preserved_state(model) if frozen is None else exactly_frozen(model, frozen)
+    with configured:
+        params = list(model.parameters())
+        trainable = [p for p in params if p.requires_grad]
+        largest, saved_inputs = _activation_facts(model, example_input, loss)
+        saved = saved_activation_bytes(model, example_input, loss)
+    sizes = [p.numel() * p.element_size() for p in trainable]
+    state = per_parameter * sum(sizes) + (4 * len(trainable) if step_counter else 0)
+    temporaries = 2 * max(sizes, default=0) if optimizer in ("adam", "adamw") else 0
+    inputs = _storage_bytes([*_input_tensors(example_input), *model.buffers()])
+    parameters = _storage_bytes(params)
+    backward = inputs - saved_inputs + saved + 2 * largest
+    step = inputs + sum(sizes) + temporaries
+    return PeakEstimate(
+        parameters_bytes=parameters, optimizer_state_bytes=state, gradients_bytes=sum(sizes),
+        inputs_bytes=inputs, unsaved_inputs_bytes=inputs - saved_inputs,
+        saved_activation_bytes=saved, largest_activation_bytes=largest,
+        optimizer_temporary_bytes=temporaries,
+        backward_bytes=parameters + state + backward, optimizer_bytes=parameters + state + step,
+        peak_bytes=parameters + state + max(backward, step),
+    )

@@ -1,4 +1,4 @@
-"""One training step's memory timeline by category, from torch.profiler's memory profiler.
+"""One training step's memory by category, from torch.profiler's memory profiler; its pictures.
 
 torch.profiler with `profile_memory=True, record_shapes=True, with_stack=True` records every
 allocation and free, and its memory profiler (`torch.profiler._memory_profiler`, private in
@@ -7,7 +7,8 @@ INPUT or AUTOGRAD_DETAIL, or leaves it unlabelled. Its public export
 (`export_memory_timeline`) is deprecated in torch 2.13 and writes a table whose columns follow
 a colour table, not the enum, and it merges events that fall in the same microsecond. So this
 module reads the private timeline itself, event by event, maps categories by enum member,
-and is the only place in the library that touches the private API (pinned by tests).
+and is the only place in the library that touches the private API (pinned by tests). The
+table and the pictures of `autograd_cost.memory.MemoryBreakdown` results live here too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.profiler import record_function
@@ -246,6 +248,62 @@ def plot_memory_timeline(timelines: Mapping[str, object], path: str | None = Non
     fig.tight_layout(rect=(0, 0, 0.86, 0.95 if title else 1))
     if title:
         fig.suptitle(title)
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+BREAKDOWN_COLUMNS = (
+    ("trainable", "trainable_params"),
+    ("params", "parameters_bytes"),
+    ("grads", "gradients_bytes"),
+    ("optim state", "optimizer_state_bytes"),
+    ("saved act", "saved_activation_bytes"),
+    ("temporary", "temporary_bytes"),
+    ("other", "other_bytes"),
+    ("peak", "peak_bytes"),
+)
+
+
+def format_breakdown(breakdowns: Mapping[str, Any]) -> str:
+    """A table of breakdowns, one row per setting, bytes with thousands separators (nb 07)."""
+    if not breakdowns:
+        raise ValueError("breakdowns must map at least one label to a MemoryBreakdown")
+    header = ["setting", *(name for name, _ in BREAKDOWN_COLUMNS), "peak in"]
+    rows = [[label, *(f"{getattr(b, key):,}" for _, key in BREAKDOWN_COLUMNS), b.peak_phase]
+            for label, b in breakdowns.items()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = f"{cells[0]:<{widths[0]}}"
+        rest = (f"{c:>{w}}" for c, w in zip(cells[1:-1], widths[1:-1], strict=True))
+        return "  ".join([first, *rest, f"{cells[-1]:<{widths[-1]}}"]).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+def plot_memory_breakdown(breakdowns: Mapping[str, Any], path: str | None = None,
+                          title: str = ""):
+    """One stacked bar per setting: what is live at the step's peak, by category (nb 07)."""
+    import matplotlib.pyplot as plt
+
+    if not breakdowns:
+        raise ValueError("breakdowns must map at least one label to a MemoryBreakdown")
+    divisor, unit = byte_unit(max(b.peak_bytes for b in breakdowns.values()))
+    fig, ax = plt.subplots(figsize=(1.6 * len(breakdowns) + 3.5, 4))
+    labels = list(breakdowns)
+    bottoms = [0.0] * len(labels)
+    for category in CATEGORIES:
+        heights = [b.at_peak[category] / divisor for b in breakdowns.values()]
+        if not any(heights):
+            continue
+        ax.bar(labels, heights, bottom=bottoms, color=COLORS[category], label=category)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    ax.set(ylabel=f"live at the peak ({unit})", title=title or "Memory at the peak of one step")
+    ax.tick_params(axis="x", labelsize=8)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], names[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
     if path:
         fig.savefig(path, dpi=120)
     return fig
