@@ -1,4 +1,4 @@
-"""sweeps: step timing, width sweep, shares, row-split freezing, profiler and CSV results."""
+"""sweeps: step timing, width sweep, shares, cat freezing, saved inputs, ops, profiler, CSV."""
 
 import csv
 import os
@@ -9,15 +9,21 @@ import torch
 from torch import nn
 
 from autograd_cost.cost import count_flops
-from autograd_cost.freezing import exactly_frozen
-from autograd_cost.models import example_input, mlp, small_cnn
+from autograd_cost.freezing import exactly_frozen, units
+from autograd_cost.models import example_input, mlp, small_cnn, tiny_transformer
 from autograd_cost.profile import profile_freezing, with_ratios
 from autograd_cost.sweeps import (
+    backward_ops,
+    cat_freeze_copy,
+    fastest_backward_seconds,
+    format_backward_ops,
     format_half_depth,
+    format_saved_inputs,
     format_shares,
     format_steps,
     format_width_flops,
     format_width_times,
+    frozen_layer_saves,
     half_depth,
     interleaved_configs,
     interleaved_step_seconds,
@@ -25,13 +31,17 @@ from autograd_cost.sweeps import (
     matmul_share,
     mean_abs_error,
     pays_off_width,
+    plot_shares,
+    plot_step_speedups,
+    plot_width_sweep,
     preserved_values,
     profile_ops,
     project_root,
     row_at,
-    row_split_copy,
     step_speedup_bound,
     step_sweep,
+    time_flop_gap,
+    time_ratio,
     training_step,
     width_sweep,
     with_shares,
@@ -151,7 +161,9 @@ def test_width_sweep_flop_saving_matches_the_matmul_count():
         assert row["flop_saving"] == pytest.approx(1 - frozen / unfrozen)
         assert row["frozen_units"] == ["fc1", "fc2"]
         assert row["params"] == sum(p.numel() for p in mlp(width=w, depth=3).parameters())
-        assert row["row_split_saving"] < 1
+        assert row["cat_freeze_saving"] < 1
+        for key in ("backward_saving", "step_saving", "cat_freeze_saving"):
+            assert row[f"{key}_q1"] <= row[key] <= row[f"{key}_q3"]
     assert "FLOP saving" in format_width_flops(rows) and "cat saving" in format_width_times(rows)
     with pytest.raises(ValueError, match="widths must be"):
         width_sweep(3)
@@ -171,18 +183,20 @@ def test_with_shares_and_mean_abs_error():
         mean_abs_error([1.0], [1.0, 2.0])
 
 
-def test_row_split_copy_saves_no_backward_flops_and_leaves_the_original():
+def test_cat_freeze_copy_saves_no_backward_flops_and_leaves_the_original():
     model = mlp(width=6, depth=2)
     x = example_input(model, batch=4)
     before = state(model)
-    split = row_split_copy(model, 0.5)
+    split = cat_freeze_copy(model, 0.5)
     assert_same_state(before, state(model))
     assert all(isinstance(m, nn.Linear) for m in model.modules() if hasattr(m, "weight"))
     assert split.fc1.frozen_weight.shape == (3, 64) and split.head.weight.shape == (5, 6)
     torch.testing.assert_close(split(x), model(x))
     assert count_flops(split, x).backward == count_flops(model, x).backward
     with pytest.raises(ValueError, match="fraction must be"):
-        row_split_copy(model, 1.5)
+        cat_freeze_copy(model, 1.5)
+    with pytest.raises(ValueError, match="no nn\\.Linear"):
+        cat_freeze_copy(nn.Sequential(nn.Conv2d(1, 1, 1)))
 
 
 def test_preserved_values_restores_after_an_error():
@@ -259,3 +273,137 @@ def test_pays_off_width_needs_every_larger_width_to_pay():
     assert pays_off_width([{"width": 3, "flop_saving": 1.0, "backward_saving": 0.0}]) is None
     with pytest.raises(ValueError, match="fraction must be"):
         pays_off_width(rows, fraction=0)
+
+
+def test_frozen_layer_saves_matches_what_autograd_saves():
+    linear, conv = nn.Linear(8, 4), nn.Conv2d(3, 2, 3, padding=1)
+    linear.bias.requires_grad_(False)  # a mixed state, to check it is restored
+    x, image = torch.randn(5, 8), torch.randn(2, 3, 6, 6)
+    rows = frozen_layer_saves(linear, x) + frozen_layer_saves(conv, image)
+    assert [(r["layer"], r["weight"], r["keeps_input"]) for r in rows] == [
+        ("Linear", "trainable", True), ("Linear", "frozen", False),
+        ("Conv2d", "trainable", True), ("Conv2d", "frozen", True),
+    ]
+    image_bytes = 2 * 3 * 6 * 6 * 4
+    assert [r["saved_bytes"] for r in rows] == [5 * 8 * 4, 0, image_bytes, image_bytes]
+    assert rows[0]["saved_shapes"] == [(5, 8)] and rows[1]["saved_shapes"] == []
+    assert rows[3]["saved_shapes"] == [(2, 3, 6, 6)]
+    assert [p.requires_grad for p in linear.parameters()] == [True, False]
+    # The oracle: the tensors PyTorch's own backward nodes hold, with the weight frozen.
+    leaf = x.clone().requires_grad_(True)
+    linear.requires_grad_(False)
+    assert linear(leaf).grad_fn._saved_mat1 is None  # addmm keeps no input
+    linear.requires_grad_(True)
+    assert torch.equal(linear(leaf).grad_fn._saved_mat1, leaf)
+    conv.requires_grad_(False)
+    image_leaf = image.clone().requires_grad_(True)
+    assert conv(image_leaf).grad_fn._saved_input is image_leaf  # the conv keeps its input
+    table = format_saved_inputs(rows)
+    assert "keeps its input" in table and "(2, 3, 6, 6)" in table
+    with pytest.raises(ValueError, match="layer must be"):
+        frozen_layer_saves(nn.ReLU(), x)
+    with pytest.raises(ValueError, match="floating-point"):
+        frozen_layer_saves(linear, torch.ones(5, 8, dtype=torch.long))
+
+
+def test_backward_ops_add_up_to_count_flops_and_name_what_is_not_counted():
+    model = small_cnn(channels=4, hidden=8)
+    x = example_input(model, batch=4)
+    before = state(model)
+    unfrozen = backward_ops(model, x)
+    convs_frozen = backward_ops(model, x, ["conv1", "bn1", "conv2"])
+    assert_same_state(before, state(model))
+    assert sum(f for _, f in unfrozen.values() if f) == count_flops(model, x).backward
+    assert unfrozen["convolution_backward"][0] == 2 and unfrozen["mm"][1] > 0
+    for op in ("native_batch_norm_backward", "threshold_backward",
+               "max_pool2d_with_indices_backward"):
+        assert unfrozen[op][1] is None  # FlopCounterMode has no formula for these
+    assert "convolution_backward" not in convs_frozen
+    assert convs_frozen["native_batch_norm_backward"][0] == 1  # bn2's backward still runs
+    assert "t" not in unfrozen and "detach" not in unfrozen  # views are left out
+    with exactly_frozen(model, ["conv1", "bn1", "conv2"]):
+        assert sum(f for _, f in convs_frozen.values() if f) == count_flops(model, x).backward
+    assert backward_ops(model, x, list(units(model))) == {}
+    table = format_backward_ops({"unfrozen": unfrozen, "convs frozen": convs_frozen})
+    lines = table.splitlines()
+    assert lines[2].startswith("convolution_backward") and "yes" in lines[2]
+    assert ["native_batch_norm_backward", "no", "2", "-", "1", "-"] in [
+        line.split() for line in lines]
+    with pytest.raises(ValueError, match="columns is empty"):
+        format_backward_ops({})
+
+
+def test_backward_ops_count_cpu_attention():
+    model = tiny_transformer(vocab=16, dim=16, heads=2, blocks=1, max_len=8)
+    x = example_input(model, batch=2)
+    ops = backward_ops(model, x)
+    attention = ops["_scaled_dot_product_flash_attention_for_cpu_backward"]
+    assert attention[0] == 1 and attention[1] > 0
+    assert ops["native_layer_norm_backward"][1] is None
+    assert sum(f for _, f in ops.values() if f) == count_flops(model, x).backward
+
+
+def test_time_flop_gap_leaves_out_the_trivial_ends():
+    def row(depth, seconds, q1, flop_ratio):
+        return {"mode": "prefix", "depth": depth, "backward_seconds": seconds,
+                "backward_seconds_q1": q1, "flop_ratio": flop_ratio}
+
+    rows = [row(0, 2.0, 1.0, 1.0), row(1, 1.4, 0.6, 0.5), row(2, 0.4, 0.2, 0.3), row(3, 0, 0, 0)]
+    gap = time_flop_gap(rows)  # time ratios 0.7 and 0.2 against FLOP ratios 0.5 and 0.3
+    assert gap["mean"] == pytest.approx(0.15) and gap["max"] == pytest.approx(0.2)
+    q1_gap = time_flop_gap(rows, timing="q1")  # Q1 ratios 0.6 and 0.2
+    assert q1_gap["mean"] == pytest.approx(0.1) and q1_gap["max"] == pytest.approx(0.1)
+    assert time_ratio(rows, "prefix", 1, timing="q1") == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="no partial freezes"):
+        time_flop_gap([row(0, 1.0, 1.0, 1.0), row(1, 0, 0, 0)])
+    with pytest.raises(ValueError, match="timing must be one of"):
+        time_ratio(rows, "prefix", 1, timing="mean")
+    with pytest.raises(ValueError, match="has no backward_seconds"):
+        time_ratio([row(0, 0.0, 0.0, 1.0), row(1, 0.0, 0.0, 0.5)], "prefix", 1)
+
+
+def test_plots_draw_quartile_error_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.container import ErrorbarContainer
+
+    def bars(fig):
+        return [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+    model = mlp(width=8, depth=2)
+    x = example_input(model, batch=4)
+    steps = with_step_speedups(step_sweep(model, x, repeats=3))
+    for row in steps:
+        assert row["step_speedup_q1"] <= row["step_speedup"] <= row["step_speedup_q3"]
+    assert len(bars(plot_step_speedups(steps))) == 1
+    shares = with_shares(profile_freezing(model, x, repeats=3))
+    for row in shares:
+        assert row["time_saving_q1"] <= row["time_saving"] + 1e-12
+        assert row["time_saving"] <= row["time_saving_q3"] + 1e-12
+    assert len(bars(plot_shares(shares))) == 4
+    wide = width_sweep([2, 4], depth=2, batch=2, repeats=3)
+    assert len(bars(plot_width_sweep(wide))) == 3
+    matplotlib.pyplot.close("all")
+
+
+def test_fastest_backward_seconds_is_a_minimum_and_restores_the_model():
+    model = small_cnn(channels=2, hidden=4)
+    x = example_input(model, batch=4)
+    before = state(model)
+    everything = ["conv1", "bn1", "conv2", "bn2", "fc", "head"]
+    unfrozen, convs, frozen = fastest_backward_seconds(
+        model, x, [[], ["conv1", "bn1", "conv2"], everything], rounds=5)
+    assert_same_state(before, state(model))
+    assert frozen == 0.0 and convs > 0 and unfrozen > 0
+    with pytest.raises(ValueError, match="repeats must be"):
+        fastest_backward_seconds(model, x, [[]], rounds=0)
+    with pytest.raises(ValueError, match="freeze_sets is empty"):
+        fastest_backward_seconds(model, x, [])
+
+
+def test_fastest_backward_seconds_takes_the_minimum_of_the_timed_rounds(monkeypatch):
+    reported = iter([0.9, 0.5, 0.2, 0.7])  # the first is the untimed warm-up round
+    monkeypatch.setattr("autograd_cost.sweeps.timed_backward", lambda loss, device: next(reported))
+    model = mlp(width=4, depth=1)
+    assert fastest_backward_seconds(model, example_input(model, batch=2), [[]], rounds=3) == [0.2]

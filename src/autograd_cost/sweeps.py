@@ -6,6 +6,7 @@ import csv
 import platform
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -14,8 +15,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from autograd_cost.cost import Timing, count_flops, pick_device, summarize_times, synchronize
+from autograd_cost.cost import (
+    Timing,
+    count_flops,
+    flop_counter,
+    interleaved_samples,
+    pick_device,
+    saved_activation_bytes,
+    summarize_times,
+    synchronize,
+    timed_backward,
+)
 from autograd_cost.freezing import (
     FREEZE_MODES,
     ModelInput,
@@ -226,6 +239,8 @@ def _step_row(mode: str, depth: int, frozen: list[str], flops: Any, t: StepTimin
         "optimizer_seconds": t.optimizer.median,
         "step_seconds": t.step.median,
         "step_seconds_iqr": t.step.iqr,
+        "step_seconds_q1": t.step.q1,
+        "step_seconds_q3": t.step.q3,
     }
 
 
@@ -247,6 +262,8 @@ def with_step_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     flop_bound is (F+B)/F from FLOPs; time_bound is the unfrozen step time over the fastest
     forward pass measured in that mode, (F+B+O)/F in seconds: no step beats its forward pass.
+    step_speedup_q1/_q3 divide the unfrozen median by the row's step Q3/Q1 (the row's own
+    middle half of repeats), or equal the speedup where a row has no quartiles.
     """
     base = {r["mode"]: r for r in rows if r["depth"] == 0}
     if not rows or set(base) != {r["mode"] for r in rows}:
@@ -255,9 +272,13 @@ def with_step_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         ref = base[row["mode"]]
+        slow = row.get("step_seconds_q3") or row["step_seconds"]
+        fast = row.get("step_seconds_q1") or row["step_seconds"]
         out.append({
             **row,
             "step_speedup": ref["step_seconds"] / row["step_seconds"],
+            "step_speedup_q1": ref["step_seconds"] / slow,
+            "step_speedup_q3": ref["step_seconds"] / fast,
             "flop_bound": step_speedup_bound(ref["forward_flops"], ref["backward_flops"]),
             "time_bound": ref["step_seconds"] / fastest[row["mode"]],
         })
@@ -280,9 +301,10 @@ def width_sweep(
     """Per MLP width: FLOP-predicted and measured saving of freezing the first half (notebook 02).
 
     The model is mlp(width, depth); the freeze covers the first half of its units (rounded
-    down). Savings are 1 - frozen / unfrozen for backward FLOPs, backward time and step time.
-    row_split_saving is the step saving of the seed question's way instead: half of every
-    layer's rows frozen and re-joined with torch.cat (row_split_copy); negative means slower.
+    down). Savings are 1 - frozen / unfrozen for backward FLOPs, backward time and step time
+    (medians), with `_q1`/`_q3` keys from the frozen run's quartiles. cat_freeze_saving is the
+    step saving of the forum question's way instead: half of every layer's rows frozen and
+    re-joined with torch.cat (cat_freeze_copy); negative means slower.
     """
     if isinstance(widths, int) or not widths:
         raise ValueError(f"widths must be a non-empty list of positive ints, got {widths!r}")
@@ -293,8 +315,8 @@ def width_sweep(
         x = course_input(model, batch=batch).to(device)
         frozen = _half_prefix(model, x)
         full, part = (count_flops_under(model, x, names) for names in ([], frozen))
-        configs = [(model, []), (model, frozen), (row_split_copy(model), [])]
-        unfrozen, halved, split = interleaved_configs(
+        configs = [(model, []), (model, frozen), (cat_freeze_copy(model), [])]
+        unfrozen, halved, cat = interleaved_configs(
             configs, x, None, make_optimizer, device, repeats
         )
         rows.append({
@@ -302,13 +324,24 @@ def width_sweep(
             "params": sum(p.numel() for p in model.parameters()),
             "frozen_units": frozen,
             "flop_saving": 1 - part.backward / full.backward,
-            "backward_saving": 1 - halved.backward.median / unfrozen.backward.median,
-            "step_saving": 1 - halved.step.median / unfrozen.step.median,
-            "row_split_saving": 1 - split.step.median / unfrozen.step.median,
+            **_savings("backward_saving", halved.backward, unfrozen.backward),
+            **_savings("step_saving", halved.step, unfrozen.step),
+            **_savings("cat_freeze_saving", cat.step, unfrozen.step),
             "unfrozen_step_seconds": unfrozen.step.median,
             "frozen_step_seconds": halved.step.median,
         })
     return rows
+
+
+def _savings(key: str, frozen: Timing, unfrozen: Timing) -> dict[str, float]:
+    # A saving 1 - t / base falls as t rises, so the frozen run's Q3 gives the saving's Q1.
+    high = frozen.median if frozen.q3 is None else frozen.q3
+    low = frozen.median if frozen.q1 is None else frozen.q1
+    return {
+        key: 1 - frozen.median / unfrozen.median,
+        f"{key}_q1": 1 - high / unfrozen.median,
+        f"{key}_q3": 1 - low / unfrozen.median,
+    }
 
 
 def count_flops_under(model: nn.Module, example_input: ModelInput, frozen: Sequence[str]):
@@ -317,22 +350,237 @@ def count_flops_under(model: nn.Module, example_input: ModelInput, frozen: Seque
         return count_flops(model, example_input)
 
 
+def frozen_layer_saves(layer: nn.Module, example_input: torch.Tensor) -> list[dict[str, Any]]:
+    """Does `layer` keep its input for backward, weight trainable vs frozen? (notebook 02)
+
+    The input needs a gradient, as it does inside a frozen suffix. One row per weight state
+    with `saved_bytes` (saved_activation_bytes: parameters excluded), `saved_shapes` (of the
+    saved tensors that are not parameters) and `keeps_input`. requires_grad is restored.
+    """
+    if not isinstance(layer, nn.Module) or not list(layer.parameters()):
+        raise ValueError("layer must be a torch.nn.Module with parameters, e.g. nn.Linear(8, 4)")
+    if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
+        raise ValueError("example_input must be a floating-point tensor the layer accepts")
+    x = example_input.detach().clone().requires_grad_(True)
+    rows = []
+    with preserved_state(layer):
+        for weight in ("trainable", "frozen"):
+            layer.requires_grad_(weight == "trainable")
+            kept = _saved_non_parameters(layer, x)
+            rows.append({
+                "layer": type(layer).__name__,
+                "weight": weight,
+                "saved_bytes": saved_activation_bytes(layer, x),
+                "saved_shapes": [tuple(t.shape) for t in kept],
+                "keeps_input": any(_same_storage(t, x) for t in kept),
+            })
+    return rows
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _saved_non_parameters(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    params = list(layer.parameters())
+    kept: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if not any(_same_storage(tensor, p) for p in params):
+            kept.append(tensor)
+        return tensor
+
+    with saved_tensors_hooks(pack, lambda tensor: tensor):
+        layer(x)
+    return kept
+
+
+def format_saved_inputs(rows: list[dict[str, Any]]) -> str:
+    """A table of frozen_layer_saves rows: who keeps its input for backward (notebook 02)."""
+    lines = [f"{'layer':<8}  {'weight':<9}  {'saved bytes':>11}  {'keeps its input':>15}  "
+             "saved tensors (parameters excluded)"]
+    for r in rows:
+        shapes = ", ".join(str(s) for s in r["saved_shapes"]) or "-"
+        lines.append(f"{r['layer']:<8}  {r['weight']:<9}  {r['saved_bytes']:>11,}  "
+                     f"{r['keeps_input']!s:>15}  {shapes}")
+    return "\n".join(lines)
+
+
+class _OpLog(TorchDispatchMode):
+    """Counts the calls of every op that is not a view, as dispatched (notebook 02)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[Any] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.calls[func.overloadpacket] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def backward_ops(
+    model: nn.Module,
+    example_input: ModelInput,
+    frozen: Sequence[str] = (),
+    loss_fn: LossFn | None = None,
+) -> dict[str, tuple[int, int | None]]:
+    """Every op the backward runs (views left out): calls and counted FLOPs (notebook 02).
+
+    FLOPs come from cost.flop_counter (FlopCounterMode plus CPU attention); they are None
+    for an op it has no formula for, which it counts as 0. The model is left as it was.
+    """
+    with exactly_frozen(model, list(frozen)):
+        loss = model_loss(model, example_input, loss_fn)
+        if not loss.requires_grad:
+            return {}
+        # The log is outside the counter, so it sees the ops the counter really ran.
+        with _OpLog() as log, flop_counter() as counter:
+            loss.backward()
+    flops = counter.get_flop_counts().get("Global", {})
+    return {
+        str(op).removeprefix("aten."): (
+            calls, flops.get(op, 0) if op in counter.flop_registry else None
+        )
+        for op, calls in log.calls.items()
+    }
+
+
+def format_backward_ops(columns: dict[str, dict[str, tuple[int, int | None]]]) -> str:
+    """Backward ops side by side (e.g. unfrozen vs a freeze): calls and MFLOP (notebook 02).
+
+    `counted` says whether the FLOP counter has a formula for the op; "-" marks an op a
+    column does not run, or FLOPs that are not counted.
+    """
+    if not columns:
+        raise ValueError("columns is empty; pass {label: backward_ops(...)}")
+    names = {op for ops in columns.values() for op in ops}
+    counted = {op: any(ops[op][1] is not None for ops in columns.values() if op in ops)
+               for op in names}
+
+    def order(op: str) -> tuple:
+        flops = [ops[op][1] or 0 for ops in columns.values() if op in ops]
+        return (not counted[op], -max(flops), op)
+
+    width = max(len("backward op"), *(len(op) for op in names))
+    groups = [max(len(label), 15) for label in columns]
+    lines = [" " * (width + 11) + "  ".join(f"{label:>{g}}" for label, g in zip(columns, groups,
+                                                                              strict=True)),
+             f"{'backward op':<{width}}  {'counted':<7}  "
+             + "  ".join(f"{'calls':>{g - 8}}  {'MFLOP':>6}" for g in groups)]
+    for op in sorted(names, key=order):
+        cells = []
+        for ops, g in zip(columns.values(), groups, strict=True):
+            calls, flops = ops.get(op, (0, None))
+            shown = f"{flops / 1e6:.1f}" if flops is not None and calls else "-"
+            cells.append(f"{calls or '-':>{g - 8}}  {shown:>6}")
+        lines.append(f"{op:<{width}}  {'yes' if counted[op] else 'no':<7}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+TIMING_STATISTICS = {"median": "backward_seconds", "q1": "backward_seconds_q1"}
+
+
+def time_ratio(rows: list[dict[str, Any]], mode: str, depth: int, timing: str = "median") -> float:
+    """Backward time of (mode, depth) over its mode's unfrozen time, by median or Q1 (notebook 02).
+
+    timing="q1" divides lower quartiles: the faster half of the faster half of the repeats,
+    which other programs on a busy machine disturb least.
+    """
+    if timing not in TIMING_STATISTICS:
+        raise ValueError(f"timing must be one of {list(TIMING_STATISTICS)}, got {timing!r}")
+    key = TIMING_STATISTICS[timing]
+    base = row_at(rows, mode, 0)[key]
+    if not base:
+        raise ValueError(f"the unfrozen {mode} row has no {key}; profile with repeats >= 1")
+    return row_at(rows, mode, depth)[key] / base
+
+
+def fastest_backward_seconds(
+    model: nn.Module,
+    example_input: ModelInput,
+    freeze_sets: list[list[str]],
+    loss_fn: LossFn | None = None,
+    rounds: int = 30,
+    device: str | torch.device | None = None,
+) -> list[float]:
+    """The fastest backward time of each freeze set over `rounds` round-robin rounds (notebook 02).
+
+    On a busy machine the minimum is the run that other programs disturbed least (the argument
+    of Python's timeit docs). Each sample runs a fresh, untimed forward; one round warms up.
+    The model is left as it was, on its own device.
+    """
+    _check_repeats(rounds)
+    if not freeze_sets:
+        raise ValueError("freeze_sets is empty; pass at least one list of unit names")
+    device = pick_device(device)
+    example_input = to_device(example_input, device)
+
+    def backward_under(names: list[str]) -> Callable[[], float]:
+        def run() -> float:
+            _set_frozen(model, names)
+            loss = model_loss(model, example_input, loss_fn)
+            if not loss.requires_grad:
+                return 0.0
+            for param in model.parameters():
+                param.grad = None
+            return timed_backward(loss, device)
+
+        return run
+
+    runs = {str(i): backward_under(list(names)) for i, names in enumerate(freeze_sets)}
+    with preserved_state(model), on_device(model, device):
+        samples = interleaved_samples(runs, device, min_repeats=rounds, max_repeats=rounds,
+                                      max_seconds=float("inf"))
+    return [min(samples[str(i)]) for i in range(len(freeze_sets))]
+
+
+def time_flop_gap(rows: list[dict[str, Any]], timing: str = "median") -> dict[str, float]:
+    """Mean and max |time ratio - FLOP ratio| over the partial freezes of a profile (notebook 02).
+
+    Takes with_ratios rows; depth 0 and the full freeze are left out (their gap is 0 by
+    construction). `timing` is "median" or "q1", as in time_ratio.
+    """
+    full = max(r["depth"] for r in rows)
+    partial = [r for r in rows if 0 < r["depth"] < full]
+    if not partial:
+        raise ValueError("no partial freezes (0 < depth < all units) in these rows")
+    gaps = [abs(time_ratio(rows, r["mode"], r["depth"], timing) - r["flop_ratio"])
+            for r in partial]
+    return {"mean": statistics.fmean(gaps), "max": max(gaps)}
+
+
 def with_shares(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add frozen-parameter share, backward-FLOP saving and measured time saving (notebook 02).
 
     Takes profile_freezing rows; the claim "time saved = share of frozen parameters" would
-    put time_saving on param_share, the FLOP model puts it on flop_saving.
+    put time_saving on param_share, the FLOP model puts it on flop_saving. time_saving_q1/_q3
+    come from the row's backward-time quartiles over its mode's unfrozen median.
     """
     out = []
-    for row in with_ratios(rows):
+    ratios = with_ratios(rows)
+    base = {r["mode"]: r["backward_seconds"] for r in ratios if r["depth"] == 0}
+    for row in ratios:
         total = row["trainable_params"] + row["frozen_params"]
+        seconds = row["backward_seconds"]
+        q1, q3 = row.get("backward_seconds_q1"), row.get("backward_seconds_q3")
         out.append({
             **row,
             "param_share": row["frozen_params"] / total,
             "flop_saving": 1 - row["flop_ratio"],
             "time_saving": 1 - row["time_ratio"],
+            "time_saving_q1": 1 - (seconds if q3 is None else q3) / base[row["mode"]],
+            "time_saving_q3": 1 - (seconds if q1 is None else q1) / base[row["mode"]],
         })
     return out
+
+
+def _quartile_bars(rows: list[dict[str, Any]], key: str) -> list[list[float]]:
+    # matplotlib's yerr: distances from each value down to its Q1 and up to its Q3.
+    values = [r[key] for r in rows]
+    low = [v - r.get(f"{key}_q1", v) for v, r in zip(values, rows, strict=True)]
+    high = [r.get(f"{key}_q3", v) - v for v, r in zip(values, rows, strict=True)]
+    return [low, high]
 
 
 def mean_abs_error(predicted: Sequence[float], measured: Sequence[float]) -> float:
@@ -344,10 +592,10 @@ def mean_abs_error(predicted: Sequence[float], measured: Sequence[float]) -> flo
     return statistics.fmean(abs(p - m) for p, m in zip(predicted, measured, strict=True))
 
 
-def row_split_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
+def cat_freeze_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
     """A copy of `model` with every Linear's first `fraction` of rows frozen via cat (notebook 02).
 
-    The seed question's way to freeze part of a layer (partial.cat_freeze, notebook 04). The
+    The forum question's way to freeze part of a layer (partial.cat_freeze, notebook 04). The
     number of frozen rows is rounded down; the original model is not changed. Autograd still
     computes the gradient of each whole concatenated weight, so no matmul is saved.
     """
@@ -360,7 +608,7 @@ def row_split_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
         if isinstance(module, nn.Linear)
     }
     if not plan:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to split")
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to freeze in part")
     return cat_freeze(model, plan)
 
 
@@ -527,8 +775,9 @@ def plot_step_speedups(rows: list[dict[str, Any]], title: str = ""):
     for mode, color in zip(FREEZE_MODES, ("tab:blue", "tab:orange"), strict=True):
         mine = [r for r in rows if r["mode"] == mode]
         if mine:
-            ax.plot([r["depth"] for r in mine], [r["step_speedup"] for r in mine], "o-",
-                    color=color, label=f"{mode}: measured step speedup")
+            ax.errorbar([r["depth"] for r in mine], [r["step_speedup"] for r in mine],
+                        yerr=_quartile_bars(mine, "step_speedup"), fmt="o-", color=color,
+                        capsize=3, label=f"{mode}: measured step speedup (Q1-Q3)")
     ax.axhline(rows[0]["flop_bound"], color="gray", ls="--", label="bound (F+B)/F from FLOPs")
     ax.axhline(rows[0]["time_bound"], color="black", ls=":",
                label="unfrozen step / fastest forward")
@@ -555,7 +804,7 @@ def format_width_times(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         cells = [r["width"], f"{r['unfrozen_step_seconds'] * 1e3:.3f}",
                  f"{r['backward_saving']:.2f}", f"{r['step_saving']:.2f}",
-                 f"{r['row_split_saving']:.2f}"]
+                 f"{r['cat_freeze_saving']:.2f}"]
         lines.append("  ".join(f"{c:>11}" for c in cells))
     return "\n".join(lines)
 
@@ -579,10 +828,12 @@ def plot_width_sweep(rows: list[dict[str, Any]]):
     widths = [r["width"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(widths, [r["flop_saving"] for r in rows], "k--", label="backward FLOP saving")
-    ax.plot(widths, [r["backward_saving"] for r in rows], "o-", label="measured backward saving")
-    ax.plot(widths, [r["step_saving"] for r in rows], "s-", label="measured step saving")
-    ax.plot(widths, [r["row_split_saving"] for r in rows], "^-",
-            label="step saving, half rows frozen via torch.cat")
+    for key, fmt, label in (("backward_saving", "o-", "measured backward saving"),
+                            ("step_saving", "s-", "measured step saving"),
+                            ("cat_freeze_saving", "^-",
+                             "step saving, half rows frozen via torch.cat")):
+        ax.errorbar(widths, [r[key] for r in rows], yerr=_quartile_bars(rows, key), fmt=fmt,
+                    capsize=3, label=f"{label} (Q1-Q3)")
     ax.axhline(0, color="gray", lw=1)
     ax.set_xscale("log")
     ax.set(xlabel="MLP width (log scale)", ylabel="saving = 1 - frozen / unfrozen",
@@ -614,8 +865,9 @@ def plot_shares(rows: list[dict[str, Any]]):
                               strict=True):
         for mode, marker in zip(FREEZE_MODES, ("o", "s"), strict=True):
             mine = [r for r in rows if r["mode"] == mode]
-            ax.scatter([r[key] for r in mine], [r["time_saving"] for r in mine], marker=marker,
-                       s=60, label=mode)
+            ax.errorbar([r[key] for r in mine], [r["time_saving"] for r in mine],
+                        yerr=_quartile_bars(mine, "time_saving"), fmt=marker, ms=7,
+                        capsize=3, label=f"{mode} (Q1-Q3)")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="time saving = share")
         ax.set(xlabel=label, xlim=(-0.05, 1.05), ylim=(-0.3, 1.05))
         ax.legend(fontsize=9)
