@@ -313,6 +313,10 @@ def test_table_and_plots():
     assert len(fig.axes[0].patches) >= 2
     fig = plot_memory_timeline(results)
     assert len(fig.axes) == 2
+    fig = plot_memory_timeline({**results, "third": results["unfrozen"]}, columns=2)
+    assert [ax.get_visible() for ax in fig.axes] == [True, True, True, False]
+    with pytest.raises(ValueError, match="columns must be a positive int"):
+        plot_memory_timeline(results, columns=0)
     with pytest.raises(ValueError, match="at least one"):
         format_breakdown({})
     with pytest.raises(ValueError, match="not a MemoryTimeline"):

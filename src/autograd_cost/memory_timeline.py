@@ -214,12 +214,13 @@ def byte_unit(largest: int) -> tuple[int, str]:
 
 
 def plot_memory_timeline(timelines: Mapping[str, object], path: str | None = None,
-                         title: str = ""):
+                         title: str = "", columns: int | None = None):
     """Stacked live memory by category over one step, one panel per setting (notebook 07).
 
     `timelines` maps a label to a MemoryTimeline or to anything with a `.timeline` (a
     MemoryBreakdown). The x axis counts memory events (allocations and frees), so the
-    picture does not depend on the machine's speed; dotted lines mark the phases.
+    picture does not depend on the machine's speed; dotted lines mark the phases. Panels wrap
+    after `columns` (default: one row).
     """
     import matplotlib.pyplot as plt
 
@@ -229,10 +230,16 @@ def plot_memory_timeline(timelines: Mapping[str, object], path: str | None = Non
     bad = [label for label, t in series.items() if not isinstance(t, MemoryTimeline)]
     if bad:
         raise ValueError(f"not a MemoryTimeline or MemoryBreakdown: {bad}")
+    columns = len(series) if columns is None else columns
+    if not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a positive int, got {columns!r}")
+    rows = -(-len(series) // columns)
     divisor, unit = byte_unit(max(max(t.totals()) for t in series.values()))
-    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.6), sharey=True,
-                             squeeze=False)
-    for ax, (label, timeline) in zip(axes[0], series.items(), strict=True):
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows + 0.3),
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(series):]:
+        ax.set_visible(False)
+    for ax, (label, timeline) in zip(axes.flat, series.items(), strict=False):
         steps = range(len(timeline.live))
         stacks = [[row[c] / divisor for row in timeline.live] for c in range(len(CATEGORIES))]
         ax.stackplot(steps, stacks, labels=CATEGORIES, step="post",
@@ -242,10 +249,11 @@ def plot_memory_timeline(timelines: Mapping[str, object], path: str | None = Non
                 ax.axvline(i, color="black", linestyle=":", linewidth=1)
                 ax.text(i, 0, " " + timeline.phases[i], rotation=90, va="bottom", fontsize=8)
         ax.set(title=label, xlabel="memory event")
-    axes[0][0].set_ylabel(f"live memory ({unit})")
+    for row in axes:
+        row[0].set_ylabel(f"live memory ({unit})")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles[::-1], labels[::-1], loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.95 if title else 1))
+    fig.tight_layout(rect=(0, 0, 0.88, 0.95 if title else 1))
     if title:
         fig.suptitle(title)
     if path:
