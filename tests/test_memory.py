@@ -360,3 +360,40 @@ def test_estimate_within_ten_percent_where_one_phase_dominates(batch, optimizer)
         measured = memory_breakdown(model, x, frozen=names, optimizer=optimizer).peak_bytes
         estimated = estimate_peak(model, x, frozen=names, optimizer=optimizer).peak_bytes
         assert abs(estimated / measured - 1) <= 0.10, (names, estimated, measured)
+
+
+def test_profile_freezing_memory_option_adds_measured_columns():
+    from autograd_cost.profile import MEMORY_KEYS, ROW_KEYS, format_profile, profile_freezing
+
+    model, x = tiny("mlp")
+    plain = profile_freezing(model, x, repeats=1, modes=["prefix"])
+    assert [tuple(r) for r in plain] == [ROW_KEYS] * len(plain)
+    assert "peak bytes" not in format_profile(plain)
+    rows = profile_freezing(model, x, repeats=1, modes=["prefix"], memory=True)
+    assert [tuple(r) for r in rows] == [ROW_KEYS + MEMORY_KEYS] * len(rows)
+    order = execution_order(model, x)
+    for row in rows:
+        measured = memory_breakdown(model, x, frozen=prefix_units(order, row["depth"]))
+        assert row["gradients_bytes"] == FLOAT32 * row["trainable_params"]
+        assert (row["peak_bytes"], row["optimizer_state_bytes"]) == (
+            measured.peak_bytes, measured.optimizer_state_bytes)
+    sgd = profile_freezing(model, x, repeats=1, freeze=["fc1"], memory="sgd")
+    assert [r["optimizer_state_bytes"] for r in sgd] == [0, 0]
+    assert "peak bytes" in format_profile(sgd, timings=False)
+    with pytest.raises(ValueError, match=r"memory must be False, True \(Adam\) or one of"):
+        profile_freezing(model, x, repeats=1, memory="lion")
+
+
+def test_cli_memory_flag(capsys):
+    import json
+
+    from autograd_cost.cli import main
+
+    assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "2", "--batch", "4",
+                 "--repeats", "1", "--mode", "prefix", "--memory", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["optimizer_state_bytes"] == 2 * FLOAT32 * r["trainable_params"]
+               + FLOAT32 * 2 * (3 - r["depth"]) for r in rows)  # two tensors per trainable unit
+    assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "2", "--batch", "4",
+                 "--repeats", "1", "--mode", "suffix", "--memory", "sgd"]) == 0
+    assert "peak bytes" in capsys.readouterr().out

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="glibc only: keep freed memory in the process, so the time of re-faulting fresh "
              "gradient buffers every step (a CPU cost that follows gradient bytes, not FLOPs) "
              "drops out and backward time follows FLOPs")
+    profile.add_argument(
+        "--memory", nargs="?", const="adam", default=None, metavar="OPTIMIZER",
+        choices=["sgd", "sgd-momentum", "adam", "adamw"],
+        help="also measure one training step's peak, gradient and optimizer-state bytes per "
+             "row, with this optimizer (default when given without a name: adam)")
     profile.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     profile.add_argument("--plot", metavar="FILE.png", default=None,
                          help="save the cost figure")
@@ -151,7 +156,7 @@ def run_profile(args: argparse.Namespace) -> list[dict]:
         if not freeze:
             raise SpecError("--freeze needs at least one unit name; see the `units` command")
     return profile_freezing(model, example, modes=modes, device=device, repeats=args.repeats,
-                            freeze=freeze)
+                            freeze=freeze, memory=args.memory or False)
 
 
 def list_units(args: argparse.Namespace) -> FreezeSummary:

@@ -42,6 +42,8 @@ ROW_KEYS = (
     "backward_seconds_q1",
     "backward_seconds_q3",
 )
+# Added to each row by profile_freezing(memory=...): one training step, measured (notebook 07).
+MEMORY_KEYS = ("peak_bytes", "gradients_bytes", "optimizer_state_bytes")
 
 
 def make_loss_fn(
@@ -115,6 +117,7 @@ def profile_freezing(
     device: str | torch.device | None = None,
     repeats: int | None = None,
     freeze: Sequence[str] | None = None,
+    memory: bool | str = False,
 ) -> list[dict[str, Any]]:
     """Backward FLOPs, saved bytes and backward time for each (mode, depth) (notebook 02).
 
@@ -122,6 +125,8 @@ def profile_freezing(
     two rows compare the unfrozen model (mode "unfrozen") with exactly those units frozen and
     the rest trainable (mode "chosen", depth = number of units). The model is left as it was:
     requires_grad, .grad, buffers, train/eval mode and device are all restored, also on error.
+    `memory=True` (Adam) or an optimizer name ("sgd", "sgd-momentum", "adam", "adamw") adds
+    MEMORY_KEYS to each row from one measured training step (`memory.memory_breakdown`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -135,6 +140,7 @@ def profile_freezing(
                              "not both")
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise ValueError(f"repeats must be a positive int or None (adaptive), got {repeats!r}")
+    memory_optimizer = _memory_optimizer(memory)
     device = pick_device(device)
     example_input = to_device(example_input, device)
     if target is not None:
@@ -144,7 +150,7 @@ def profile_freezing(
         order = execution_order(model, example_input)
         plans = _plans(order, modes, depths, freeze)
         distinct = list({tuple(frozen): frozen for _, _, frozen in plans}.values())
-        costs = {}
+        costs, memory_costs = {}, {}
         for frozen in distinct:
             with exactly_frozen(model, frozen):
                 flops = count_flops(model, example_input, loss)
@@ -154,6 +160,9 @@ def profile_freezing(
                 "backward_flops": flops.backward,
                 "saved_activation_bytes": saved,
             }
+            if memory_optimizer is not None:
+                memory_costs[tuple(frozen)] = _memory_columns(
+                    model, example_input, frozen, memory_optimizer, loss, device)
         timings = interleaved_backward_seconds(
             model,
             example_input,
@@ -181,9 +190,35 @@ def profile_freezing(
                     "trainable_params": total - frozen_params,
                     "frozen_params": frozen_params,
                     **costs[tuple(frozen)],
+                    **memory_costs.get(tuple(frozen), {}),
                 }
             )
     return rows
+
+
+def _memory_optimizer(memory: bool | str) -> str | None:
+    """The optimizer that `memory=` asks for: None (off), "adam" for True, or the name."""
+    from autograd_cost.memory import OPTIMIZERS
+
+    if memory is False or memory is None:
+        return None
+    if memory is True:
+        return "adam"
+    if isinstance(memory, str) and memory in OPTIMIZERS:
+        return memory
+    raise ValueError(f"memory must be False, True (Adam) or one of {list(OPTIMIZERS)}, "
+                     f"got {memory!r}")
+
+
+def _memory_columns(model: nn.Module, example_input: ModelInput, frozen: list[str],
+                    optimizer: str, loss: LossFn | None,
+                    device: torch.device) -> dict[str, int]:
+    """Peak, gradient and optimizer-state bytes of one training step (notebook 07)."""
+    from autograd_cost.memory import memory_breakdown
+
+    measured = memory_breakdown(model, example_input, frozen=frozen, optimizer=optimizer,
+                                loss_fn=loss, device=device)
+    return {key: getattr(measured, key) for key in MEMORY_KEYS}
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -210,6 +245,9 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_profile(rows: list[dict[str, Any]], timings: bool = True) -> str:
     """A table of profile rows; timings=False keeps deterministic columns only (notebook 01)."""
     columns = ["mode", "depth", "trainable", "fwd FLOPs", "bwd FLOPs", "saved bytes"]
+    memory = bool(rows) and all(key in rows[0] for key in MEMORY_KEYS)
+    if memory:
+        columns += ["grad bytes", "state bytes", "peak bytes"]
     if timings:
         columns += ["bwd ms", "IQR ms"]
     table = []
@@ -222,6 +260,9 @@ def format_profile(rows: list[dict[str, Any]], timings: bool = True) -> str:
             f"{r['backward_flops']:,}",
             f"{r['saved_activation_bytes']:,}",
         ]
+        if memory:
+            cells += [f"{r[key]:,}" for key in ("gradients_bytes", "optimizer_state_bytes",
+                                               "peak_bytes")]
         if timings:
             seconds, iqr = r["backward_seconds"], r["backward_seconds_iqr"]
             cells += [f"{seconds * 1e3:.2f}", f"{iqr * 1e3:.2f}"]
