@@ -397,3 +397,18 @@ def test_cli_memory_flag(capsys):
     assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "2", "--batch", "4",
                  "--repeats", "1", "--mode", "suffix", "--memory", "sgd"]) == 0
     assert "peak bytes" in capsys.readouterr().out
+
+
+def test_cpu_has_no_cuda_cross_check():
+    model, x = tiny("mlp")
+    assert memory_breakdown(model, x, optimizer="sgd").cuda_peak_increase_bytes is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_peak_agrees_with_the_allocator():
+    model, x = tiny("mlp")
+    result = memory_breakdown(model, x, device="cuda")
+    increase = result.peak_bytes - result.timeline.totals()[0]
+    assert result.cuda_peak_increase_bytes >= increase
+    assert result.cuda_peak_increase_bytes <= increase + 512 * len(result.timeline.live)
+    assert next(model.parameters()).device.type == "cpu"

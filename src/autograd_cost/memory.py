@@ -55,7 +55,10 @@ class MemoryBreakdown:
     one op and the gradients backward passes between nodes) and `other_bytes` (no label, e.g.
     Adam's per-parameter temporaries). `peak_bytes` is the most bytes live at once, and
     `at_peak` splits it by category; `phase_peaks` is the most bytes live in each phase;
-    `at_end` is the profiler's split after the step, a cross-check of the tensor counts.
+    `at_end` is the profiler's split after the step, a cross-check of the tensor counts. On
+    CUDA, `cuda_peak_increase_bytes` is torch.cuda.max_memory_allocated during the step minus
+    the bytes allocated before it, a cross-check of `peak_bytes - timeline.totals()[0]` (the
+    caching allocator rounds block sizes up); None on the CPU.
     """
 
     parameters_bytes: int
@@ -72,6 +75,7 @@ class MemoryBreakdown:
     trainable_params: int
     frozen_params: int
     timeline: MemoryTimeline = field(repr=False, compare=False)
+    cuda_peak_increase_bytes: int | None = None
 
 
 def resolve_optimizer(optimizer: str | OptimizerFactory) -> OptimizerFactory:
@@ -173,14 +177,25 @@ def _measure(model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
+    cuda_start = _cuda_reset_peak(device)
     with _collector_paused(), memory_profile(device.type) as prof:
         _training_step(model, example_input, loss_fn, optimizer, marked=True)
         synchronize(device)
     counts = {
         "gradients": _storage_bytes([p.grad for p in model.parameters() if p.grad is not None]),
         "optimizer state": 0 if optimizer is None else optimizer_state_bytes(optimizer),
+        "cuda peak increase": (None if cuda_start is None
+                               else torch.cuda.max_memory_allocated(device) - cuda_start),
     }
     return memory_timeline(prof, device), counts
+
+
+def _cuda_reset_peak(device: torch.device) -> int | None:
+    """On CUDA: reset the allocator's peak and return the bytes allocated now; else None."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
 
 
 def _check_frozen(model: nn.Module, frozen: Sequence[str] | None) -> None:
@@ -245,6 +260,7 @@ def memory_breakdown(
         trainable_params=trainable,
         frozen_params=sum(p.numel() for p in params) - trainable,
         timeline=timeline,
+        cuda_peak_increase_bytes=counts["cuda peak increase"],
     )
 
 
@@ -259,7 +275,6 @@ def _measured_model(model: nn.Module, frozen: Sequence[str] | None,
         else:
             with exactly_frozen(model, list(frozen)):
                 yield
-
 
 
 # Optimizer state per trainable parameter, in units of the parameter's element size, and
