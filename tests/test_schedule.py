@@ -29,6 +29,7 @@ from autograd_cost.schedule import (
     optimizer_params,
     remove_from_optimizer,
     reset_module,
+    same_weights,
 )
 
 
@@ -375,3 +376,22 @@ def test_expected_saving_is_the_mean_saving_over_a_step():
         expected_saving(by_depth, -1, [0])
 
 
+
+
+# ---------------------------------------------------------------- bit-identical weights
+
+
+def test_same_weights_is_torch_equal_on_every_parameter_and_buffer():
+    model = small_cnn(seed=0)
+    twin = copy.deepcopy(model)
+    assert same_weights(model, twin)
+    with torch.no_grad():
+        twin.bn1.running_mean[0] += 1e-7  # a buffer alone differs
+    assert not same_weights(model, twin)
+    assert not same_weights(model, small_cnn(seed=1))
+    assert same_weights(small_cnn(seed=3), small_cnn(seed=3))
+
+
+def test_same_weights_rejects_models_of_different_structure():
+    with pytest.raises(ValueError, match="differ in structure"):
+        same_weights(small_cnn(seed=0), nn.Linear(2, 2))

@@ -324,6 +324,17 @@ def head_inputs(model: nn.Module, inputs: torch.Tensor, head: str = "head") -> t
     return captured[0]
 
 
+def same_weights(model: nn.Module, other: nn.Module) -> bool:
+    """True when two models hold bit-identical parameters and buffers (notebook 05)."""
+    mine, theirs = model.state_dict(), other.state_dict()
+    if list(mine) != list(theirs):
+        raise ValueError(f"the models differ in structure: {list(mine)} against {list(theirs)}")
+    return all(
+        a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+        for a, b in zip(mine.values(), theirs.values(), strict=True)
+    )
+
+
 @dataclass(frozen=True)
 class RunResult:
     """Test accuracy and training wall time of one variant (notebook 05)."""
