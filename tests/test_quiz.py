@@ -15,7 +15,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 def test_all_right(capsys):
     assert check_quiz({n: q.answer for n, q in QUESTIONS.items()})
-    assert "✅ Correct: all 7 answers right." in capsys.readouterr().out
+    assert f"✅ Correct: all {len(QUESTIONS)} answers right." in capsys.readouterr().out
 
 
 def test_misses_point_to_the_teaching_notebook_without_the_answer(capsys):
@@ -24,13 +24,13 @@ def test_misses_point_to_the_teaching_notebook_without_the_answer(capsys):
     del answers[5]
     assert not check_quiz(answers)
     out = capsys.readouterr().out
-    assert "2 of 7 to revisit" in out
+    assert f"2 of {len(QUESTIONS)} to revisit" in out
     assert "Q2: see 01_which_nodes_exist" in out and "Q5: see 04_partial_weight_freeze" in out
     assert "None" not in out
 
 
 def test_bad_answers_raise():
-    with pytest.raises(ValueError, match=r"valid are \[1, 2, 3, 4, 5, 6, 7\]"):
+    with pytest.raises(ValueError, match=r"valid are \[1, 2, 3, 4, 5, 6, 7, 8\]"):
         check_quiz({9: "a"})
     with pytest.raises(ValueError, match=r"Q1: answer 'z' is not one of \['a', 'b', 'c'\]"):
         check_quiz({1: "z"})
@@ -84,3 +84,23 @@ def test_q1_answer_holds_for_equal_widths_and_needs_that_scope(depth):
     order = execution_order(wide_head, torch.randn(4, 64))
     assert _backward_flops_left(wide_head, suffix_units(order, 2)) < _backward_flops_left(
         wide_head, prefix_units(order, 2))  # so Q1 must say "the same width"
+
+
+def test_q8_adam_bytes_per_parameter_match_pytorch():
+    """Q8's answer, checked with torch.optim.Adam: 16 bytes trainable, 4 frozen (float32)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+
+    def nbytes(t):
+        return t.numel() * t.element_size()
+
+    for param in model.parameters():
+        state = optimizer.state.get(param, {})
+        moments = sum(nbytes(v) for k, v in state.items() if k != "step")
+        grad = 0 if param.grad is None else nbytes(param.grad)
+        per_parameter = (nbytes(param) + grad + moments) / param.numel()
+        assert per_parameter == (16 if param.requires_grad else 4)
+    assert QUESTIONS[8].options[QUESTIONS[8].answer] == "16 trainable, 4 frozen"

@@ -72,6 +72,14 @@ QUESTIONS: dict[int, Question] = {
         "b",
         "06_freezing_with_ddp",
     ),
+    8: Question(
+        "Training in float32 with Adam: how many bytes of parameter, gradient and optimizer "
+        "state does one trainable parameter cost, and one frozen parameter?",
+        {"a": "16 trainable, 4 frozen", "b": "8 trainable, 8 frozen",
+         "c": "4 trainable, 0 frozen"},
+        "a",
+        "07_memory",
+    ),
 }
 
 
