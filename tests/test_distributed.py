@@ -18,11 +18,16 @@ from autograd_cost.distributed import (
     expected_allreduce_bytes,
     first_line,
     format_bytes,
+    format_step_times,
     freeze_after_wrapping,
     frozen_prefix_model,
     launch,
     measure_bytes,
+    measure_step_times,
+    process_group_facts,
+    progressive_freezing,
     project_allreduce,
+    rank_divergent_freeze,
     ring_allreduce_seconds,
     train_step,
     unit_order,
@@ -65,7 +70,10 @@ def sleeping_worker(rank: int, world_size: int, seconds: float) -> int:
 
 
 def pitfalls_worker(rank: int, world_size: int) -> dict:
-    return {str(fix): freeze_after_wrapping(TINY, rank, fix) for fix in (None, *DDP_FIXES)}
+    outcomes = {str(fix): freeze_after_wrapping(TINY, rank, fix) for fix in (None, *DDP_FIXES)}
+    outcomes["divergent"] = rank_divergent_freeze(TINY, rank, after_wrap=True)
+    outcomes["group"] = process_group_facts()
+    return outcomes
 
 
 def _alive(pid: int) -> bool:
@@ -135,8 +143,17 @@ def test_pitfalls_fail_then_each_fix_runs():
         assert outcomes["rewrap"]["bytes"] == [without_first] * 3
         assert outcomes["find_unused_parameters"]["bytes"] == [full] * 3
         assert outcomes["static_graph"]["bytes"] == [full] * 3
-        assert all(o["frozen_grad_is_none"] for o in outcomes.values())
+        assert all(outcomes[str(fix)]["frozen_grad_is_none"] for fix in (None, *DDP_FIXES))
+        # only rank 0 froze fc1 after wrapping: both ranks get half of rank 1's gradient
+        divergent = outcomes["divergent"]
+        assert divergent["got_gradient"] and divergent["moved"]
+        assert divergent["received_vs_rank1_half"] == 0.0
+        assert divergent["max_replica_gap"] == 0.0
+        assert divergent["requires_grad"] is (result.rank != 0)
+        assert outcomes["group"] == {
+            "backend": "gloo", "master_addr": "127.0.0.1", "world_size": 2, "threads": 1}
         assert "Traceback" not in result.output  # the expected error is data, not a crash
+    assert results[1].value["divergent"]["received_vs_own_half"] == 0.0
 
 
 # ---- in-process tests (a 1-process gloo group)
@@ -162,6 +179,44 @@ def test_counting_hook_in_one_process_and_bucket_order(single_process_group):
     assert names[0].startswith("head") and names[-1].startswith("fc1")  # reverse forward order
     assert sorted(n for b in rows[2]["buckets"] for n in b.names) == ["head.bias", "head.weight"]
     assert "bytes/param" in format_bytes(rows, unit_order(TINY))
+    # without find_unused_parameters, step 1 uses one bucket; step 2 uses the rebuilt ones
+    assert [row["buckets_per_step"] for row in rows] == [
+        [1, len(row["buckets"])] for row in rows]
+    assert rows[0]["buckets_per_step"][1] > 1
+
+
+def test_process_group_facts(single_process_group):
+    facts = process_group_facts()
+    assert facts["backend"] == "gloo" and facts["world_size"] == 1
+    assert facts["threads"] == torch.get_num_threads()
+
+
+def test_process_group_facts_needs_a_group():
+    with pytest.raises(RuntimeError, match="no process group"):
+        process_group_facts()
+
+
+def test_step_times_report_last_bucket_and_tail(single_process_group):
+    rows = measure_step_times(TINY, [0, 2], rank=0, repeats=3)
+    for row in rows:
+        assert len(row["bucket_ready"]) == len(row["bucket_done"]) >= 1
+        assert row["tail"].median >= 0 and row["tail"].repeats == 3
+        assert row["bucket_ready"][-1] <= row["bucket_done"][-1]
+    assert "tail ms" in format_step_times(rows)
+
+
+def test_progressive_strategies_end_with_the_same_weights(single_process_group):
+    schedule = [0, 1, 1, 2]
+    runs = {s: progressive_freezing(TINY, 0, s, schedule)
+            for s in ("rewrap", "find_unused_parameters")}
+    rewrap, once = runs["rewrap"], runs["find_unused_parameters"]
+    assert rewrap["losses"] == once["losses"]
+    assert rewrap["state"].keys() == once["state"].keys()
+    assert all(torch.equal(rewrap["state"][k], once["state"][k]) for k in rewrap["state"])
+    assert rewrap["bytes"][0] == once["bytes"][0] > rewrap["bytes"][-1]
+    # the weights moved: the returned state is the trained one, not the initial one
+    initial = TINY.model().state_dict()
+    assert not torch.equal(initial["head.weight"], rewrap["state"]["head.weight"])
 
 
 def test_attach_byte_counter_rejects_plain_modules():

@@ -38,7 +38,7 @@ def test_ring_seconds_checker(capsys):
     assert not check_ring_seconds(truth / 8, 2e9, 16, 12.5e9)
     assert not check_ring_seconds(truth * 3, 2e9, 16, 12.5e9)
     out = capsys.readouterr().out
-    assert "2(n-1)/n times" in out and "bits versus bytes" in out and "too high" in out
+    assert "2(n-1)/n x the bytes" in out and "bits versus bytes" in out and "too high" in out
     assert f"{truth:.3f}" not in out and f"{truth:.2f}" not in out
     with pytest.raises(TypeError, match="answer must be a number"):
         check_ring_seconds(None, 2e9, 16, 12.5e9)

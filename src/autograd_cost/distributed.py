@@ -139,6 +139,18 @@ def _worker_entry(
     os.replace(os.path.join(folder, f"rank{rank}.tmp"), os.path.join(folder, f"rank{rank}.pkl"))
 
 
+def process_group_facts() -> dict[str, Any]:
+    """What this worker really runs on: backend, MASTER_ADDR, world size, threads (notebook 06)."""
+    if not dist.is_initialized():
+        raise RuntimeError("no process group: call this inside a worker started by launch()")
+    return {
+        "backend": dist.get_backend(),
+        "master_addr": os.environ.get("MASTER_ADDR"),
+        "world_size": dist.get_world_size(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def _stop(processes: list[Any], grace: float = 3.0) -> None:
     """Terminate, then kill, every process still alive, and reap them all."""
     for process in processes:
@@ -195,19 +207,21 @@ def launch(
         )
         for rank in range(world_size)
     ]
+    started: list[Any] = []  # only started processes can be joined
     try:
         for process in processes:
             process.start()
+            started.append(process)
         deadline = time.monotonic() + timeout
-        for process in processes:
+        for process in started:
             process.join(max(0.0, deadline - time.monotonic()))
-        if any(process.is_alive() for process in processes):
+        if any(process.is_alive() for process in started):
             raise TimeoutError(
                 f"{world_size} workers did not finish within {timeout} s; they were terminated"
             )
         return _read_results(folder, world_size)
     finally:
-        _stop(processes)
+        _stop(started)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -365,24 +379,30 @@ def first_line(error: BaseException) -> str:
 
 
 def measure_bytes(setup: Setup, freeze_depths: Sequence[int], rank: int) -> list[dict[str, Any]]:
-    """Bytes DDP all-reduces per step at each prefix freeze depth, with the oracle (nb 06)."""
+    """Bytes DDP all-reduces per step at each prefix freeze depth, with the oracle (nb 06).
+
+    Also the number of buckets in each of the two steps: DDP (without find_unused_parameters)
+    puts every parameter in one bucket for the first step, then rebuilds its buckets.
+    """
     batch = setup.data(rank)
     rows = []
     for freeze_depth in freeze_depths:
         model = frozen_prefix_model(setup, freeze_depth)
         ddp = wrap(model, setup)
         counter = attach_byte_counter(ddp)
-        per_step = []
+        per_step, buckets_per_step = [], []
         for _ in range(2):  # DDP rebuilds its buckets after the first step
             counter.start_step()
             train_step(ddp, batch)
             per_step.append(counter.nbytes)
+            buckets_per_step.append(len(counter.buckets))
         rows.append(
             {
                 "freeze_depth": freeze_depth,
                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "expected_bytes": expected_allreduce_bytes(model),
                 "bytes_per_step": per_step,
+                "buckets_per_step": buckets_per_step,
                 "buckets": list(counter.buckets),
             }
         )
@@ -446,6 +466,7 @@ def measure_step_times(
 
     Rounds are interleaved over depths and every rank runs the same fixed number of them.
     hidden = compute + all-reduce alone - synchronized backward: positive when they overlap.
+    tail = when the last bucket's all-reduce finished - when DDP handed it over (per round).
     """
     batch = setup.data(rank)
     plans = []
@@ -466,6 +487,7 @@ def measure_step_times(
                 "comm_samples": [],
                 "ready": [],
                 "done": [],
+                "tail": [],
             }
         )
     for round_ in range(repeats + 1):  # round 0 warms up
@@ -474,14 +496,15 @@ def measure_step_times(
             counter = plan["counter"]
             plan["ready"].append([b.ready_seconds for b in counter.buckets])
             plan["done"].append([counter.done_seconds[b.index] for b in counter.buckets])
+            plan["tail"].append(plan["done"][-1][-1] - plan["ready"][-1][-1])
             plan["local"]()
             plan["comm_samples"].append(_timed(plan["comm"]))
             if round_ == 0:
                 for key in ("synced", "local"):
                     plan[key].elapsed.clear()
                 plan["comm_samples"].clear()
-                plan["ready"].clear()
-                plan["done"].clear()
+                for key in ("ready", "done", "tail"):
+                    plan[key].clear()
     rows = []
     for freeze_depth, plan in zip(freeze_depths, plans, strict=True):
         synced = summarize_times(plan["synced"].elapsed)
@@ -496,6 +519,7 @@ def measure_step_times(
                 "hidden_seconds": local.median + comm.median - synced.median,
                 "bucket_ready": _column_medians(plan["ready"]),
                 "bucket_done": _column_medians(plan["done"]),
+                "tail": summarize_times(plan["tail"]),
             }
         )
     return rows
@@ -591,8 +615,9 @@ def rank_divergent_freeze(setup: Setup, rank: int, after_wrap: bool) -> dict[str
     """Only rank 0 freezes the first unit: DDP refuses, or silently trains it anyway (nb 06).
 
     Before wrapping, DDP's constructor compares the ranks' trainable parameters. After
-    wrapping (with find_unused_parameters=True so the step runs), one step shows what rank 0's
-    "frozen" weight receives, compared with rank 1's gradient and the true average.
+    wrapping (with find_unused_parameters=True so the step runs), one step shows what each
+    rank's copy of the weight receives, compared with its own gradient, rank 1's gradient
+    and the true average, and whether the SGD step moved it.
     """
     batch = setup.data(rank)
     model = setup.model()
@@ -624,6 +649,7 @@ def rank_divergent_freeze(setup: Setup, rank: int, after_wrap: bool) -> dict[str
     if received is not None:
         true_average = torch.stack(gathered).mean(0)
         result["received_vs_rank1_half"] = (received - gathered[1] / 2).abs().max().item()
+        result["received_vs_own_half"] = (received - local / 2).abs().max().item()
         result["received_vs_true_average"] = (
             (received - true_average).norm() / true_average.norm()
         ).item()
@@ -635,7 +661,8 @@ def progressive_freezing(
 ) -> dict[str, Any]:
     """Freeze more units as steps go: re-wrap at each change, or find_unused once (nb 06).
 
-    Returns bytes per step, the final loss and the largest gap between replicas.
+    Returns bytes per step, the losses, the largest gap between replicas and the final
+    state_dict (cloned), so that the two strategies' models can be compared.
     """
     if strategy not in ("rewrap", "find_unused_parameters"):
         raise ValueError(
@@ -661,7 +688,12 @@ def progressive_freezing(
         losses.append(train_step(ddp, batch))
         optimizer.step()
         per_step.append(counter.nbytes)
-    return {"bytes": per_step, "losses": losses, "max_replica_gap": _replicas_agree(model)}
+    return {
+        "bytes": per_step,
+        "losses": losses,
+        "max_replica_gap": _replicas_agree(model),
+        "state": {name: value.detach().clone() for name, value in model.state_dict().items()},
+    }
 
 
 def progressive_cost(setup: Setup, rank: int, schedule: Sequence[int]) -> dict[str, Any]:
@@ -686,6 +718,7 @@ def course_experiments(
 ) -> dict[str, Any]:
     """Every measurement of notebook 06, in one process group so it starts only once."""
     return {
+        "group": process_group_facts(),
         "bytes": measure_bytes(setup, freeze_depths, rank),
         "times": measure_step_times(setup, freeze_depths, rank, repeats),
         "fix_times": time_fixes(setup, rank, repeats),
@@ -788,7 +821,7 @@ def _ms(timing: Timing) -> str:
 
 
 def format_step_times(rows: Sequence[dict[str, Any]]) -> str:
-    """Backward with DDP, compute alone, all-reduce alone, and the hidden part (notebook 06)."""
+    """Backward with DDP, compute alone, all-reduce alone, hidden part, last bucket (nb 06)."""
     table = [
         [
             str(r["freeze_depth"]),
@@ -796,12 +829,14 @@ def format_step_times(rows: Sequence[dict[str, Any]]) -> str:
             _ms(r["backward_compute"]),
             _ms(r["allreduce_alone"]),
             f"{r['hidden_seconds'] * 1e3:+.2f}",
+            f"{r['bucket_ready'][-1] * 1e3:.2f}" if r["bucket_ready"] else "-",
             f"{r['bucket_done'][-1] * 1e3:.2f}" if r["bucket_done"] else "-",
+            _ms(r["tail"]),
         ]
         for r in rows
     ]
     columns = ["depth", "DDP backward ms", "compute only ms", "all-reduce alone ms",
-               "hidden ms", "last bucket done ms"]
+               "hidden ms", "last ready ms", "last done ms", "tail ms"]
     return _table(columns, table)
 
 

@@ -48,7 +48,9 @@ def check_ring_seconds(
     if math.isclose(answer, truth, rel_tol=0.01):
         return report(True, "that is the bandwidth term of a ring all-reduce.", "")
     if math.isclose(answer, nbytes / bytes_per_second, rel_tol=0.01):
-        return report(False, "", "each byte crosses the link about 2(n-1)/n times, not once.")
+        return report(
+            False, "", "each rank sends (and receives) 2(n-1)/n x the bytes over its link, not 1x."
+        )
     if any(math.isclose(answer, truth * factor, rel_tol=0.01) for factor in (8, 1 / 8)):
         return report(False, "", "mind bits versus bytes: 100 Gb/s is 12.5 GB/s.")
     hint = "too high" if answer > truth else "too low"
