@@ -2,6 +2,7 @@
 frozen entries against Adam, and the measuring helpers against known inputs."""
 
 import statistics
+import time
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from autograd_cost.cost import count_flops, saved_activation_bytes, summarize_ti
 from autograd_cost.partial import (
     CatLinear,
     SplitLinear,
+    adam_decay_outside_hooks,
     cat_freeze,
     extra_op_seconds,
     extra_ops,
@@ -31,9 +33,11 @@ from autograd_cost.partial import (
     question_net,
     rows_mask,
     self_seconds_per_call,
+    self_time_share,
     sgd_decay_change,
     split_freeze,
     surplus_seconds,
+    thread_seconds,
     timing_table,
     train_steps,
     training_step,
@@ -235,10 +239,8 @@ def test_momentum_from_before_the_mask_moves_entries():
 def test_decay_in_the_hook_trains_like_the_split_design():
     model, x, loss = net_and_loss()
     hooked, split = hook_freeze(model, PLAN, weight_decay=0.1), split_freeze(model, PLAN)
-    masked = [hooked.get_submodule(n).weight for n in PLAN]
-    rest = [p for p in hooked.parameters() if all(p is not m for m in masked)]
-    groups = [{"params": masked, "weight_decay": 0.0}, {"params": rest, "weight_decay": 0.1}]
-    train_steps(hooked, torch.optim.Adam(groups, lr=1e-2), x, loss, 20)
+    optimizer = adam_decay_outside_hooks(hooked, list(PLAN), lr=1e-2, weight_decay=0.1)
+    train_steps(hooked, optimizer, x, loss, 20)
     train_steps(split, torch.optim.Adam(split.parameters(), lr=1e-2, weight_decay=0.1), x, loss,
                 20)
     trained_hook = full_weights(hooked, model.names)
@@ -247,6 +249,45 @@ def test_decay_in_the_hook_trains_like_the_split_design():
         torch.testing.assert_close(trained_hook[name], trained_split[name])
     original = model.get_submodule("linear2").weight.detach()
     assert not torch.allclose(trained_split["linear2"], original)
+
+
+def test_adam_decay_outside_hooks_skips_exactly_the_named_weights():
+    model = question_net()
+    model.linear4.bias.requires_grad_(False)
+    optimizer = adam_decay_outside_hooks(model, ["linear1", "linear2"], lr=0.1, weight_decay=0.2)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    expected = {id(p): 0.0 if name in ("linear1.weight", "linear2.weight") else 0.2
+                for name, p in model.named_parameters() if p.requires_grad}
+    assert decay == expected
+    assert all(g["lr"] == 0.1 for g in optimizer.param_groups)
+    with pytest.raises(ValueError, match="not"):
+        adam_decay_outside_hooks(model, ["linear9"], lr=0.1, weight_decay=0.2)
+    with pytest.raises(ValueError, match="lr > 0"):
+        adam_decay_outside_hooks(model, ["linear1"], lr=0.0, weight_decay=0.2)
+
+
+def test_self_time_share_against_the_profilers_own_totals():
+    model, x, loss = net_and_loss()
+    prof = profile_run(training_step(model, x, loss))
+    totals = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    matmuls = ["aten::mm", "aten::addmm"]
+    expected = sum(totals[name] for name in matmuls) / sum(totals.values())
+    assert self_time_share(prof, matmuls) == pytest.approx(expected, rel=1e-9)
+    assert self_time_share(prof, list(totals)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="none of the ops"):
+        self_time_share(prof, ["aten::no_such_op"])
+    with pytest.raises(ValueError, match="none of the ops"):
+        self_time_share(prof, "aten::mm")
+
+
+@pytest.mark.skipif(time.get_clock_info("thread_time").resolution > 1e-6,
+                    reason="coarse thread clock: thread_seconds falls back to wall time")
+def test_thread_seconds_counts_cpu_work_not_sleep():
+    slept = thread_seconds(lambda: time.sleep(0.05))()
+    assert isinstance(slept, float) and 0 <= slept < 0.02  # a sleeping thread uses no CPU
+    model, x, loss = net_and_loss()
+    worked = thread_seconds(training_step(model, x, loss))()
+    assert worked > 0
 
 
 def test_frozen_entry_change_restores_model_and_optimizer():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -420,6 +421,30 @@ def pin_frozen_entries(
     return optimizer.register_step_post_hook(restore)
 
 
+def adam_decay_outside_hooks(
+    model: nn.Module, names: Sequence[str], lr: float, weight_decay: float
+) -> torch.optim.Adam:
+    """Adam with weight decay on every trainable parameter but the named layers' weights.
+
+    Taught in notebook 04: those weights get their decay inside `mask_gradient`'s hook
+    (`hook_freeze(..., weight_decay=...)`), so the optimizer must not decay them again.
+    """
+    if lr <= 0 or weight_decay < 0:
+        raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, "
+                         f"weight_decay={weight_decay}")
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules or not hasattr(modules[n], "weight")]
+    if missing or not names:
+        raise ValueError(f"names must be non-empty layers with a weight; {missing} are not "
+                         f"among {sorted(n for n, m in modules.items() if hasattr(m, 'weight'))}")
+    hooked = [modules[n].weight for n in names]
+    rest = [p for p in model.parameters()
+            if p.requires_grad and all(p is not w for w in hooked)]
+    groups = [{"params": hooked, "weight_decay": 0.0},
+              {"params": rest, "weight_decay": weight_decay}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+
+
 # ------------------------------------------------------------------ checking frozen entries
 
 
@@ -566,6 +591,26 @@ def training_step(
     return run
 
 
+def thread_seconds(run: Callable[[], object]) -> Callable[[], float]:
+    """Wrap `run` so that each call returns the CPU seconds of the calling thread (notebook 04).
+
+    With one intra-op thread a CPU training step runs entirely on the calling thread, so this
+    is its wall time on a quiet machine, minus the time slices a busy machine gives other
+    processes. `interleaved_samples` takes the returned float as the sample. For CPU work
+    only: GPU kernels are not counted. Where the thread clock is coarser than a microsecond
+    (on Windows), wall time is returned instead.
+    """
+    fine = time.get_clock_info("thread_time").resolution <= 1e-6
+    clock = time.thread_time if fine else time.perf_counter
+
+    def timed() -> float:
+        start = clock()
+        run()
+        return clock() - start
+
+    return timed
+
+
 def profile_run(
     run: Callable[[], object],
     warmup: int = 2,
@@ -639,6 +684,20 @@ def typical_self_seconds(prof: profile) -> float:
     """Self CPU seconds of a profile, each call charged its op's median per call (notebook 04)."""
     per_call = self_seconds_per_call(prof)
     return sum(per_call[name] * count for name, count in op_counts(prof).items())
+
+
+def self_time_share(prof: profile, names: Sequence[str]) -> float:
+    """Share of a profile's self CPU time spent in the named ops, e.g. the matmuls (notebook 04)."""
+    events = list(prof.events())
+    ran = {event.name for event in events}
+    if isinstance(names, str) or not ran & set(names):
+        raise ValueError(f"none of the ops {names!r} ran in this profile; ops that ran: "
+                         f"{sorted(ran)}")
+    total = sum(event.self_cpu_time_total for event in events)
+    if total <= 0:
+        raise ValueError("the profile recorded no self CPU time")
+    chosen = sum(event.self_cpu_time_total for event in events if event.name in set(names))
+    return chosen / total
 
 
 def plot_step_times(
