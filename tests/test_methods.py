@@ -5,18 +5,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autograd_cost.cost import Timing, count_flops
+from autograd_cost.cost import Timing, count_flops, saved_activation_bytes
 from autograd_cost.freezing import exactly_frozen, preserved_state, units
 from autograd_cost.methods import (
+    DETACH_HOWS,
     DRIFT_FIXES,
     WAYS,
     PartlyDetached,
     WayRow,
     changes_in_eval,
+    classification_loss,
     compare_ways,
     draw_way,
     eval_candidates,
+    eval_changes_output,
+    eval_mode_examples,
     format_grad_table,
+    format_saved_by_child,
     format_ways,
     forum_cnn,
     forum_mlp,
@@ -27,10 +32,12 @@ from autograd_cost.methods import (
     grad_status,
     interleaved_way_seconds,
     load_digit_images,
+    lr0_group_drift,
     max_abs_change,
     named_modules_of,
     optimizer_state_bytes,
     parameters_of,
+    saved_bytes_by_child,
     snapshot,
     train_steps,
     verdict,
@@ -171,10 +178,12 @@ def test_without_eval_norm_a_frozen_batchnorm_still_updates_its_stats():
 
 def _eval_changes_output(module: nn.Module, x: torch.Tensor) -> bool:
     """Oracle: does PyTorch's forward differ between train and eval mode (state restored)?"""
-    with preserved_state(module):
+    with preserved_state(module), torch.no_grad():
         torch.manual_seed(0)
         train_out = module.train()(x)
         eval_out = module.eval()(x)
+    if isinstance(train_out, tuple):  # RNNs: (output, hidden state)
+        train_out, eval_out = train_out[0], eval_out[0]
     return not torch.equal(train_out, eval_out)
 
 
@@ -190,6 +199,12 @@ def _eval_changes_output(module: nn.Module, x: torch.Tensor) -> bool:
         (lambda: nn.GroupNorm(2, 4), (8, 4)),
         (lambda: nn.Dropout(0.5), (8, 4)),
         (lambda: nn.Dropout2d(0.5), (8, 4, 3, 3)),
+        (lambda: nn.AlphaDropout(0.5), (8, 4)),
+        (lambda: nn.RReLU(), (8, 4)),
+        (lambda: nn.LSTM(4, 4, num_layers=2, dropout=0.5), (5, 2, 4)),
+        (lambda: nn.GRU(4, 4, num_layers=2, dropout=0.5), (5, 2, 4)),
+        (lambda: nn.GRU(4, 4, num_layers=2), (5, 2, 4)),
+        (lambda: nn.RNN(4, 4), (5, 2, 4)),
         (lambda: nn.Linear(4, 4), (8, 4)),
     ],
 )
@@ -202,6 +217,36 @@ def test_changes_in_eval_matches_what_eval_mode_does(make, x_shape):
 def test_changes_in_eval_for_attention_follows_its_dropout():
     assert changes_in_eval(nn.MultiheadAttention(4, 2, dropout=0.1))
     assert not changes_in_eval(nn.MultiheadAttention(4, 2))
+
+
+@pytest.mark.parametrize(
+    "make, x_shape",
+    [
+        (lambda: nn.BatchNorm1d(4), (8, 4)),
+        (lambda: nn.LayerNorm(4), (8, 4)),
+        (lambda: nn.Dropout(0.5), (8, 4)),
+        (lambda: nn.LSTM(4, 4, num_layers=2, dropout=0.5), (5, 2, 4)),
+        (lambda: nn.Linear(4, 4), (8, 4)),
+    ],
+)
+def test_eval_changes_output_agrees_with_the_oracle_and_restores_everything(make, x_shape):
+    module = make()
+    x = torch.randn(*x_shape, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    expected = _eval_changes_output(module, x)  # seeds the global generator itself
+    before, rng = state_of(module), torch.get_rng_state()
+    assert eval_changes_output(module, x) == expected
+    assert torch.equal(torch.get_rng_state(), rng)  # the global generator is untouched
+    assert_same_state(module, before)
+
+
+def test_eval_mode_examples_are_switched_exactly_when_eval_changes_them():
+    examples = eval_mode_examples()
+    measured = {name: eval_changes_output(m, x) for name, (m, x) in examples.items()}
+    assert measured == {name: bool(eval_candidates([m])) for name, (m, _) in examples.items()}
+    assert set(measured.values()) == {True, False}
+    assert measured["BatchNorm2d"] and not measured["LayerNorm"]
+    first, second = eval_mode_examples(), eval_mode_examples()
+    assert torch.equal(first["RReLU"][1], second["RReLU"][1])  # the same inputs every call
 
 
 def test_eval_norm_switches_only_dropout_and_running_stat_norms():
@@ -284,6 +329,39 @@ def test_partly_detached_gives_the_same_output_and_cuts_gradients(how):
     }
 
 
+@pytest.mark.parametrize("how", [None, *DETACH_HOWS])
+def test_saved_bytes_by_child_adds_up_to_saved_activation_bytes(how):
+    model, x, y = cnn_and_batch()
+    net = model if how is None else PartlyDetached(model, EARLY, how)
+    before = state_of(model)
+    saved = saved_bytes_by_child(net, x, classification_loss(y))
+    assert_same_state(model, before)
+    assert saved.total == saved_activation_bytes(net, x, classification_loss(y))
+    assert list(saved.by_child) == [name for name, _ in model.named_children()] + ["loss"]
+    cut = saved_activation_bytes(PartlyDetached(model, EARLY, "no_grad"), x, classification_loss(y))
+    if how == "detach":  # the early graph is recorded, then dropped during the forward
+        assert saved.total > cut and saved.held == cut
+        assert saved.by_child["conv1"] > 0 and saved.by_child["relu2"] == 0
+    else:
+        assert saved.held == saved.total
+    if how in ("no_grad", "inference_mode"):
+        assert all(saved.by_child[name] == 0 for name in EARLY)
+
+
+def test_saved_bytes_by_child_names_the_saving_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    x = torch.randn(5, 4)
+    saved = saved_bytes_by_child(model, x, lambda out: out.sum())
+    # Linear saves its input (the weight needs it); ReLU saves its output, 5 x 3 floats
+    assert saved.by_child == {"0": x.untyped_storage().nbytes(), "1": 5 * 3 * 4, "loss": 0}
+    lines = format_saved_by_child({"plain": saved, "again": saved}).splitlines()
+    assert lines[0].split() == ["saved", "by", "plain", "again"]
+    assert [line.split()[0] for line in lines[2:4]] == ["0", "1"]  # loss saved 0: left out
+    assert lines[-2].split() == ["total", f"{saved.total:,}", f"{saved.total:,}"]
+    assert lines[-1].split() == ["held", f"{saved.held:,}", f"{saved.held:,}"]
+
+
 def test_partly_detached_rejects_bad_input():
     model, _, _ = cnn_and_batch()
     with pytest.raises(ValueError, match="valid values"):
@@ -333,6 +411,12 @@ def test_way_rows_measure_state_memory_and_movement():
     assert rows["f"].frozen_weight_change == 0 and rows["b"].frozen_weight_change == 0
     assert rows["a"].running_stats_change > 0 and rows["a+e"].running_stats_change == 0
     assert rows["a"].saved_bytes < rows["b"].saved_bytes
+    for way in ("a", "c", "d", "a+e"):  # given every parameter, state only for fc and head
+        assert (rows[way].optimizer_tensors, rows[way].state_tensors) == (tensors, 4)
+    assert (rows["b"].optimizer_tensors, rows["b"].state_tensors) == (4, 4)
+    assert (rows["f"].optimizer_tensors, rows["f"].state_tensors) == (tensors, tensors)
+    batch_stats = 2 * 4 * (model.bn1.num_features + model.bn2.num_features)
+    assert rows["b"].saved_bytes - rows["e"].saved_bytes == batch_stats  # BN's mean and 1/std
 
 
 def test_draw_way_keeps_exactly_the_nodes_the_way_builds():
@@ -397,6 +481,20 @@ def test_frozen_drift_happens_only_with_state_and_zero_grads():
         frozen_drift(build, "SGD", "pray", EARLY, x, y)
     with pytest.raises(ValueError, match="valid are"):
         frozen_drift(build, "LBFGS", bug, EARLY, x, y)
+
+
+def test_a_scheduler_revives_an_lr0_group_unless_given_one_max_lr_per_group():
+    x, y = load_digit_images(128)
+
+    def build():
+        return small_cnn(channels=4, hidden=8)
+
+    lr, drift = lr0_group_drift(build, EARLY, x, y, max_lr=0.01, steps=2)
+    assert lr > 0 and drift > 0  # OneCycleLR gave the lr=0 group a learning rate
+    assert lr0_group_drift(build, EARLY, x, y, max_lr=0.01)[0] == pytest.approx(0.01 / 25)
+    assert lr0_group_drift(build, EARLY, x, y, max_lr=[0.01, 0.0], steps=2) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="steps"):
+        lr0_group_drift(build, EARLY, x, y, max_lr=0.01, steps=0)
 
 
 def test_grads_left_out_of_the_optimizer_sum_over_steps():

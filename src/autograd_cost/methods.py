@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -11,18 +12,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 from torch.optim import Optimizer
+from torch.utils._pytree import tree_flatten
 
 from autograd_cost.cost import (
     Timing,
+    _storage_key,
     flop_counter,
     interleaved_seconds,
     saved_activation_bytes,
     timed_backward,
 )
-from autograd_cost.freezing import preserved_state, units
+from autograd_cost.freezing import ModelInput, preserved_state, run_model, units
 from autograd_cost.graph import GraphPicture, backward_nodes, draw_graph
 
 # ---------------------------------------------------------------- data
@@ -67,15 +71,67 @@ def parameters_of(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
 def changes_in_eval(module: nn.Module) -> bool:
     """Whether eval mode changes this module's forward on its own (notebook 03).
 
-    True for Dropout layers, attention with dropout, and norms that track running statistics
+    True for Dropout layers (all of torch.nn's), RReLU (random slopes in train mode),
+    attention and RNN/LSTM/GRU with dropout, and norms that track running statistics
     (BatchNorm, InstanceNorm with track_running_stats=True). LayerNorm, GroupNorm and a norm
     without running statistics compute the same thing in train and eval mode: False.
+    Not detected: a spectral-norm parametrization and custom modules that read self.training.
     """
-    if isinstance(module, _DropoutNd):
+    if isinstance(module, (_DropoutNd, nn.RReLU)):
         return True
     if isinstance(module, nn.MultiheadAttention):
         return module.dropout > 0
+    if isinstance(module, nn.RNNBase):
+        return module.dropout > 0 and module.num_layers > 1
     return isinstance(module, _NormBase) and module.track_running_stats
+
+
+def eval_changes_output(module: nn.Module, example_input: ModelInput) -> bool:
+    """Measured: does the module's output differ between train and eval mode (notebook 03)?
+
+    Both forwards run on the same input with the same random seed (fork_rng, so the global
+    generator is untouched) and without autograd; modes and buffers are restored after.
+    """
+    with preserved_state(module), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        train_out = run_model(module.train(), example_input)
+        torch.manual_seed(0)
+        eval_out = run_model(module.eval(), example_input)
+    pairs = zip(tree_flatten(train_out)[0], tree_flatten(eval_out)[0], strict=True)
+    return any(isinstance(a, torch.Tensor) and not torch.equal(a, b) for a, b in pairs)
+
+
+def eval_mode_examples() -> dict[str, tuple[nn.Module, ModelInput]]:
+    """Modules with an example input, to compare train and eval mode (notebook 03)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 3 + 1
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights, global generator untouched
+        torch.manual_seed(0)
+        sequence = randn(5, 2, 8)
+        return {
+            "BatchNorm2d": (nn.BatchNorm2d(4), randn(8, 4, 3, 3)),
+            "InstanceNorm2d(track_running_stats=True)": (
+                nn.InstanceNorm2d(4, track_running_stats=True),
+                randn(8, 4, 3, 3),
+            ),
+            "InstanceNorm2d (default)": (nn.InstanceNorm2d(4), randn(8, 4, 3, 3)),
+            "LayerNorm": (nn.LayerNorm(8), randn(4, 8)),
+            "GroupNorm": (nn.GroupNorm(2, 4), randn(8, 4, 3, 3)),
+            "Dropout(0.1)": (nn.Dropout(0.1), randn(4, 8)),
+            "RReLU": (nn.RReLU(), randn(4, 8)),
+            "LSTM(num_layers=2, dropout=0.1)": (nn.LSTM(8, 8, num_layers=2, dropout=0.1), sequence),
+            "MultiheadAttention(dropout=0.1)": (
+                nn.MultiheadAttention(8, 2, dropout=0.1),
+                (sequence, sequence, sequence),
+            ),
+            "MultiheadAttention(dropout=0.0)": (
+                nn.MultiheadAttention(8, 2),
+                (sequence, sequence, sequence),
+            ),
+        }
 
 
 def eval_candidates(modules: Sequence[nn.Module]) -> list[nn.Module]:
@@ -292,6 +348,110 @@ class PartlyDetached(nn.Module):
         return x
 
 
+class _Packed:
+    """What a saved_tensors_hooks pack returns: lives exactly as long as the graph holds it."""
+
+    __slots__ = ("__weakref__", "tensor")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+@dataclass(frozen=True)
+class SavedBytes:
+    """Bytes saved for backward, by the child module that saved them first (notebook 03).
+
+    `by_child` has one entry per child, in order, then 'loss'; `held` counts the bytes that
+    the graph still holds when the forward and the loss are done.
+    """
+
+    by_child: dict[str, int]
+    held: int
+
+    @property
+    def total(self) -> int:
+        """All bytes saved during the forward, as saved_activation_bytes counts them."""
+        return sum(self.by_child.values())
+
+
+def saved_bytes_by_child(
+    net: nn.Module, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> SavedBytes:
+    """Saved-for-backward bytes of one forward, per child, and those still held (notebook 03).
+
+    The children are those of `net`, or of the Sequential a PartlyDetached wraps. Storages
+    are counted once, parameters and buffers excluded, as in saved_activation_bytes. A graph
+    that is dropped during the forward (after .detach()) frees what it saved: not `held`.
+    """
+    inner = net.model if isinstance(net, PartlyDetached) else net
+    excluded = {_storage_key(t) for t in (*net.parameters(), *net.buffers())}
+    current = ["input"]
+    owners: dict[tuple[str, int], str] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    packed: list[tuple[tuple[str, int], weakref.ref]] = []
+    alive: list[torch.Tensor] = []  # no storage is reused, so a key names one storage
+
+    def pack(tensor: torch.Tensor) -> _Packed:
+        alive.append(tensor.detach())  # the storage only: holding the graph would keep it
+        holder = _Packed(tensor)
+        key = _storage_key(tensor)
+        if key not in excluded:
+            owners.setdefault(key, current[0])
+            sizes[key] = max(sizes.get(key, 0), tensor.untyped_storage().nbytes())
+            packed.append((key, weakref.ref(holder)))
+        return holder
+
+    def unpack(holder: _Packed) -> torch.Tensor:
+        return holder.tensor
+
+    def entering(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            current[0] = name
+
+        return hook
+
+    hooks = [
+        child.register_forward_pre_hook(entering(name)) for name, child in inner.named_children()
+    ]
+    try:
+        with preserved_state(net), saved_tensors_hooks(pack, unpack):
+            output = net(x)
+            current[0] = "loss"
+            loss = loss_fn(output)
+            held_keys = {key for key, ref in packed if ref() is not None}
+            del loss, output
+    finally:
+        for hook in hooks:
+            hook.remove()
+    names = [name for name, _ in inner.named_children()] + ["loss"]
+    by_child = {name: 0 for name in (["input"] if "input" in owners.values() else []) + names}
+    for key, owner in owners.items():
+        by_child[owner] += sizes[key]
+    return SavedBytes(by_child, sum(sizes[key] for key in held_keys))
+
+
+def format_saved_by_child(columns: dict[str, SavedBytes]) -> str:
+    """saved_bytes_by_child results side by side, in bytes; all-zero rows left out (notebook 03).
+
+    The columns should come from the same model, so that their children line up.
+    """
+    names = [
+        n
+        for n in next(iter(columns.values())).by_child
+        if any(s.by_child.get(n, 0) for s in columns.values())
+    ]
+    width = max(12, *(len(title) for title in columns))
+    header = f"{'saved by':<10}" + "".join(f"{title:>{width + 2}}" for title in columns)
+    lines = [header, "-" * len(header)]
+    for name in names:
+        cells = "".join(f"{s.by_child.get(name, 0):>{width + 2},}" for s in columns.values())
+        lines.append(f"{name:<10}" + cells)
+    lines.append("-" * len(header))
+    lines.append(f"{'total':<10}" + "".join(f"{s.total:>{width + 2},}" for s in columns.values()))
+    lines.append(f"{'held':<10}" + "".join(f"{s.held:>{width + 2},}" for s in columns.values()))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- the six ways
 
 WAYS = OrderedDict(
@@ -378,6 +538,8 @@ class WayRow:
     optimizer_state_bytes: int
     frozen_weight_change: float
     running_stats_change: float
+    optimizer_tensors: int  # parameter tensors the way's Adam was given
+    state_tensors: int  # parameter tensors with Adam state after the step
 
 
 def measure_way(
@@ -405,6 +567,8 @@ def measure_way(
             optimizer_state_bytes=optimizer_state_bytes(optimizer),
             frozen_weight_change=max_abs_change(frozen, weights_before),
             running_stats_change=max_abs_change(stats, stats_before),
+            optimizer_tensors=sum(len(group["params"]) for group in optimizer.param_groups),
+            state_tensors=len(optimizer.state),
         )
 
 
@@ -576,6 +740,34 @@ def frozen_drift(
     before = snapshot(frozen)
     train_steps(model, optimizer, x, y, steps, set_to_none=fix != "none (zero grads)")
     return max_abs_change(frozen, before)
+
+
+def lr0_group_drift(
+    build: Callable[[], nn.Module],
+    names: Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    max_lr: float | list[float],
+    steps: int = 5,
+) -> tuple[float, float]:
+    """Way f under OneCycleLR: (the lr=0 group's lr once it is built, frozen drift) (notebook 03).
+
+    Adam(lr=0.01) gets the trainable parameters and an lr=0 group with the named modules'
+    parameters; OneCycleLR(max_lr) sets every group's lr, then `steps` training steps run.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    model = build().to(x.device)
+    frozen, trainable = _split(model, names)
+    groups = [{"params": trainable}, {"params": frozen, "lr": 0.0}]
+    optimizer = torch.optim.Adam(groups, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, total_steps=steps + 1)
+    lr = optimizer.param_groups[1]["lr"]
+    before = snapshot(frozen)
+    for _ in range(steps):
+        train_steps(model, optimizer, x, y, 1)
+        scheduler.step()
+    return lr, max_abs_change(frozen, before)
 
 
 # ---------------------------------------------------------------- the forum's models
