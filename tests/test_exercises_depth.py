@@ -41,6 +41,7 @@ def test_step_bound_checker(capsys):
     assert not check_step_bound(truth + 0.5, model, x)
     out = capsys.readouterr().out
     assert "too high" in out and f"{truth:.2f}" not in out
+    assert "FLOP estimate" in out
 
 
 def test_flop_saving_checker_spots_the_parameter_share(capsys):

@@ -161,6 +161,8 @@ def test_width_sweep_flop_saving_matches_the_matmul_count():
         assert row["flop_saving"] == pytest.approx(1 - frozen / unfrozen)
         assert row["frozen_units"] == ["fc1", "fc2"]
         assert row["params"] == sum(p.numel() for p in mlp(width=w, depth=3).parameters())
+        forward = 2 * 3 * (64 * w + 2 * w * w + 10 * w)  # batch 3, 2 FLOPs per multiply-add
+        assert row["unfrozen_step_flops"] == forward + 2 * 3 * unfrozen
         assert row["cat_freeze_saving"] < 1
         for key in ("backward_saving", "step_saving", "cat_freeze_saving"):
             assert row[f"{key}_q1"] <= row[key] <= row[f"{key}_q3"]

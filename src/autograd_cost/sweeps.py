@@ -245,9 +245,10 @@ def _step_row(mode: str, depth: int, frozen: list[str], flops: Any, t: StepTimin
 
 
 def step_speedup_bound(forward: float, backward: float, optimizer: float = 0.0) -> float:
-    """The most a freeze can speed up a step: (F + B + O) / F, as F is never saved (notebook 02).
+    """(F + B + O) / F: a step's cost over its forward pass, never removed (notebook 02).
 
-    Works for FLOPs (optimizer=0 gives (F+B)/F, about 3 when B = 2F) and for seconds.
+    In seconds, with F the cheapest forward of any freeze, it bounds the step speedup. In
+    FLOPs (optimizer=0) it gives the FLOP estimate (F+B)/F, about 3 when B = 2F.
     """
     for name, value in (("forward", forward), ("backward", backward), ("optimizer", optimizer)):
         if not isinstance(value, (int, float)) or value < 0:
@@ -260,7 +261,7 @@ def step_speedup_bound(forward: float, backward: float, optimizer: float = 0.0) 
 def with_step_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add each step row's speedup over its mode's unfrozen step and the two bounds (notebook 02).
 
-    flop_bound is (F+B)/F from FLOPs; time_bound is the unfrozen step time over the fastest
+    flop_bound is the FLOP estimate (F+B)/F; time_bound is the unfrozen step time over the fastest
     forward pass measured in that mode, (F+B+O)/F in seconds: no step beats its forward pass.
     step_speedup_q1/_q3 divide the unfrozen median by the row's step Q3/Q1 (the row's own
     middle half of repeats), or equal the speedup where a row has no quartiles.
@@ -304,7 +305,8 @@ def width_sweep(
     down). Savings are 1 - frozen / unfrozen for backward FLOPs, backward time and step time
     (medians), with `_q1`/`_q3` keys from the frozen run's quartiles. cat_freeze_saving is the
     step saving of the forum question's way instead: half of every layer's rows frozen and
-    re-joined with torch.cat (cat_freeze_copy); negative means slower.
+    re-joined with torch.cat (cat_freeze_copy); negative means slower. unfrozen_step_flops
+    is the unfrozen step's forward plus backward FLOPs.
     """
     if isinstance(widths, int) or not widths:
         raise ValueError(f"widths must be a non-empty list of positive ints, got {widths!r}")
@@ -327,6 +329,7 @@ def width_sweep(
             **_savings("backward_saving", halved.backward, unfrozen.backward),
             **_savings("step_saving", halved.step, unfrozen.step),
             **_savings("cat_freeze_saving", cat.step, unfrozen.step),
+            "unfrozen_step_flops": full.forward + full.backward,
             "unfrozen_step_seconds": unfrozen.step.median,
             "frozen_step_seconds": halved.step.median,
         })
@@ -768,7 +771,7 @@ def format_steps(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_step_speedups(rows: list[dict[str, Any]], title: str = ""):
-    """Measured step speedup against depth with the FLOP and timed bounds (notebook 02)."""
+    """Measured step speedup against depth, the FLOP estimate and the timed bound (notebook 02)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -778,9 +781,9 @@ def plot_step_speedups(rows: list[dict[str, Any]], title: str = ""):
             ax.errorbar([r["depth"] for r in mine], [r["step_speedup"] for r in mine],
                         yerr=_quartile_bars(mine, "step_speedup"), fmt="o-", color=color,
                         capsize=3, label=f"{mode}: measured step speedup (Q1-Q3)")
-    ax.axhline(rows[0]["flop_bound"], color="gray", ls="--", label="bound (F+B)/F from FLOPs")
+    ax.axhline(rows[0]["flop_bound"], color="gray", ls="--", label="FLOP estimate (F+B)/F")
     ax.axhline(rows[0]["time_bound"], color="black", ls=":",
-               label="unfrozen step / fastest forward")
+               label="bound: unfrozen step / fastest forward")
     ax.set(xlabel="frozen units", ylabel="step time unfrozen / frozen", title=title or
            "A whole step cannot beat the forward pass")
     ax.legend(fontsize=10)

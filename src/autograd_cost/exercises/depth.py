@@ -1,4 +1,4 @@
-"""Self-checks for notebook 02's exercises: FLOP ratios, the step bound, FLOP shares."""
+"""Self-checks for notebook 02's exercises: FLOP ratios, the step FLOP estimate, FLOP shares."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def check_flop_ratio(
 
 
 def check_step_bound(answer: float, model: nn.Module, example_input: ModelInput) -> bool:
-    """Check a predicted FLOP bound (F+B)/F on the step speedup to ±0.01 (notebook 02)."""
+    """Check a predicted FLOP estimate (F+B)/F of the best step speedup, ±0.01 (notebook 02)."""
     _check_number(answer)
     flops = count_flops_under(model, example_input, [])
     truth = step_speedup_bound(flops.forward, flops.backward)
     if abs(answer - truth) <= TOLERANCE:
-        return report(True, "no freeze can speed a step up by more than that.", "")
+        return report(True, "that is the FLOP estimate (F+B)/F of the largest step speedup.", "")
     hint = "too high" if answer > truth else "too low"
     return report(False, "", hint + ": the forward pass is always paid; divide F+B by F.")
 
