@@ -70,9 +70,6 @@ def _check_modes(modes: Sequence[str]) -> list[str]:
     return list(modes)
 
 
-CHOSEN_MODES = ("unfrozen", "chosen")
-
-
 def _plans(
     order: list[str], modes: Sequence[str], depths: Sequence[int] | None,
     freeze: Sequence[str] | None,
