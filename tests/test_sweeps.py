@@ -406,6 +406,6 @@ def test_fastest_backward_seconds_is_a_minimum_and_restores_the_model():
 
 def test_fastest_backward_seconds_takes_the_minimum_of_the_timed_rounds(monkeypatch):
     reported = iter([0.9, 0.5, 0.2, 0.7])  # the first is the untimed warm-up round
-    monkeypatch.setattr("autograd_cost.sweeps.timed_backward", lambda loss, device: next(reported))
+    monkeypatch.setattr("autograd_cost.cost.timed_backward", lambda loss, device: next(reported))
     model = mlp(width=4, depth=1)
     assert fastest_backward_seconds(model, example_input(model, batch=2), [[]], rounds=3) == [0.2]

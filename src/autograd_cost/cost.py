@@ -248,10 +248,15 @@ def backward_seconds(
 
 
 @contextmanager
-def garbage_collection_paused() -> Iterator[None]:
-    """Pause Python's garbage collector while timing, as timeit does (notebook 02)."""
+def garbage_collection_paused(collect: bool = True) -> Iterator[None]:
+    """Pause Python's garbage collector while timing, as timeit does (notebook 02).
+
+    collect=False skips the initial gc.collect(), which is slow, when only a collection at a
+    random moment must be avoided (memory_breakdown, notebook 07).
+    """
     was_enabled = gc.isenabled()
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.disable()
     try:
         yield
@@ -342,7 +347,7 @@ def timed_backward(loss: torch.Tensor, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_backward_seconds(
+def interleaved_backward_samples(
     model: nn.Module,
     example_input: ModelInput,
     freeze_sets: list[list[str]],
@@ -352,11 +357,11 @@ def interleaved_backward_seconds(
     max_repeats: int = 30,
     max_seconds: float = 10.0,
     tolerance: float = 0.05,
-) -> list[Timing]:
-    """Backward time for several freeze sets, measured round-robin so drift hits all alike.
+) -> list[list[float]]:
+    """Backward seconds per round for several freeze sets, sampled round-robin (notebook 02).
 
-    Taught in notebook 02. Each sample runs a fresh, untimed forward under that freeze set;
-    one untimed round warms up. Rounds stop once every spread is small or time is up.
+    Each sample runs a fresh, untimed forward under that freeze set; one untimed round warms
+    up. Rounds stop once every spread is small or time is up (see `interleaved_samples`).
     """
     device = device or next(model.parameters()).device
 
@@ -374,9 +379,26 @@ def interleaved_backward_seconds(
 
         return run
 
-    runs = {str(i): backward_under(names) for i, names in enumerate(freeze_sets)}
+    runs = {str(i): backward_under(list(names)) for i, names in enumerate(freeze_sets)}
     with preserved_state(model):
         samples = interleaved_samples(runs, device, min_repeats=min_repeats,
                                       max_repeats=max_repeats, max_seconds=max_seconds,
                                       tolerance=tolerance)
-    return [summarize_times(samples[str(i)]) for i in range(len(freeze_sets))]
+    return [samples[str(i)] for i in range(len(freeze_sets))]
+
+
+def interleaved_backward_seconds(
+    model: nn.Module,
+    example_input: ModelInput,
+    freeze_sets: list[list[str]],
+    loss_fn: LossFn | None = None,
+    device: torch.device | None = None,
+    min_repeats: int = 5,
+    max_repeats: int = 30,
+    max_seconds: float = 10.0,
+    tolerance: float = 0.05,
+) -> list[Timing]:
+    """Median and IQR of `interleaved_backward_samples` per freeze set (notebook 02)."""
+    samples = interleaved_backward_samples(model, example_input, freeze_sets, loss_fn, device,
+                                           min_repeats, max_repeats, max_seconds, tolerance)
+    return [summarize_times(s) for s in samples]

@@ -8,7 +8,6 @@ table and the plots live in `autograd_cost.memory_timeline`.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from autograd_cost.cost import (
+    garbage_collection_paused,
     pick_device,
     saved_activation_bytes,
     synchronize,
@@ -122,18 +122,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No garbage collection at a random moment of the step (no gc.collect: it is slow)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
     """Bytes of distinct storages among `tensors`."""
     sizes = {}
@@ -178,7 +166,7 @@ def _measure(model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
     cuda_start = _cuda_reset_peak(device)
-    with _collector_paused(), memory_profile(device.type) as prof:
+    with garbage_collection_paused(collect=False), memory_profile(device.type) as prof:
         _training_step(model, example_input, loss_fn, optimizer, marked=True)
         synchronize(device)
     counts = {

@@ -22,12 +22,11 @@ from autograd_cost.cost import (
     Timing,
     count_flops,
     flop_counter,
-    interleaved_samples,
+    interleaved_backward_samples,
     pick_device,
     saved_activation_bytes,
     summarize_times,
     synchronize,
-    timed_backward,
 )
 from autograd_cost.freezing import (
     FREEZE_MODES,
@@ -519,23 +518,11 @@ def fastest_backward_seconds(
     device = pick_device(device)
     example_input = to_device(example_input, device)
 
-    def backward_under(names: list[str]) -> Callable[[], float]:
-        def run() -> float:
-            _set_frozen(model, names)
-            loss = model_loss(model, example_input, loss_fn)
-            if not loss.requires_grad:
-                return 0.0
-            for param in model.parameters():
-                param.grad = None
-            return timed_backward(loss, device)
-
-        return run
-
-    runs = {str(i): backward_under(list(names)) for i, names in enumerate(freeze_sets)}
-    with preserved_state(model), on_device(model, device):
-        samples = interleaved_samples(runs, device, min_repeats=rounds, max_repeats=rounds,
-                                      max_seconds=float("inf"))
-    return [min(samples[str(i)]) for i in range(len(freeze_sets))]
+    with on_device(model, device):
+        samples = interleaved_backward_samples(model, example_input, freeze_sets, loss_fn,
+                                               device, min_repeats=rounds, max_repeats=rounds,
+                                               max_seconds=float("inf"))
+    return [min(s) for s in samples]
 
 
 def time_flop_gap(rows: list[dict[str, Any]], timing: str = "median") -> dict[str, float]:
