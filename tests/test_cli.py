@@ -99,7 +99,8 @@ def test_profile_json_equals_the_python_api_timings_aside(workdir: Path) -> None
     def deterministic(rows: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
-    assert deterministic(json.loads(done.stdout)) == deterministic(api)
+    api_rows = json.loads(api.to_json(orient="records"))
+    assert deterministic(json.loads(done.stdout)) == deterministic(api_rows)
     assert (workdir / "sweep.png").stat().st_size > 0
 
 
@@ -109,7 +110,7 @@ def test_freeze_profiles_exactly_that_set_against_unfrozen(workdir: Path) -> Non
     assert done.returncode == 0, done.stderr
     unfrozen, chosen = json.loads(done.stdout)
     assert (unfrozen["mode"], unfrozen["frozen_units"]) == ("unfrozen", [])
-    assert (chosen["mode"], chosen["depth"], chosen["frozen_units"]) == (
+    assert (chosen["mode"], chosen["freeze_depth"], chosen["frozen_units"]) == (
         "chosen", 2, ["stem", "head"])  # listed in execution order
     assert chosen["trainable_params"] == 8 * 16 + 16  # only body trains
     assert chosen["backward_flops"] < unfrozen["backward_flops"]

@@ -14,7 +14,7 @@ from autograd_cost import (
     small_cnn,
     time_repeats,
 )
-from autograd_cost.cost import (
+from autograd_cost.timing import (
     garbage_collection_paused,
     interleaved_samples,
     interleaved_seconds,

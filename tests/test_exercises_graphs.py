@@ -3,6 +3,7 @@
 import torch
 
 from autograd_cost import count_flops, mlp, node_counts
+from autograd_cost.core import model_loss
 from autograd_cost.exercises.graphs import (
     check_backward_flops,
     check_node_counts,
@@ -10,7 +11,6 @@ from autograd_cost.exercises.graphs import (
     check_units_order,
 )
 from autograd_cost.freezing import exactly_frozen
-from autograd_cost.graph import model_loss
 
 
 def setup():

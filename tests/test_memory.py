@@ -7,14 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from autograd_cost.cost import saved_activation_bytes
+from autograd_cost.cost import optimizer_state_bytes, saved_activation_bytes
 from autograd_cost.freezing import exactly_frozen, execution_order, prefix_units, suffix_units
-from autograd_cost.memory import (
-    OPTIMIZERS,
-    estimate_peak,
-    memory_breakdown,
-    resolve_optimizer,
-)
+from autograd_cost.memory import estimate_peak, memory_breakdown
 from autograd_cost.memory_timeline import (
     CATEGORIES,
     PHASES,
@@ -25,8 +20,8 @@ from autograd_cost.memory_timeline import (
     plot_memory_timeline,
     profiled_phase,
 )
-from autograd_cost.methods import optimizer_state_bytes
 from autograd_cost.models import example_input, mlp, small_cnn, tiny_transformer
+from autograd_cost.training import OPTIMIZERS, resolve_optimizer
 
 matplotlib.use("Agg")
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autograd_cost.cost import Timing, count_flops, saved_activation_bytes
+from autograd_cost.cost import count_flops, optimizer_state_bytes, saved_activation_bytes
 from autograd_cost.freezing import exactly_frozen, preserved_state, units
 from autograd_cost.methods import (
     DETACH_HOWS,
@@ -35,7 +35,6 @@ from autograd_cost.methods import (
     lr0_group_drift,
     max_abs_change,
     named_modules_of,
-    optimizer_state_bytes,
     parameters_of,
     saved_bytes_by_child,
     snapshot,
@@ -43,6 +42,7 @@ from autograd_cost.methods import (
     verdict,
 )
 from autograd_cost.models import small_cnn
+from autograd_cost.timing import Timing
 
 EARLY = ["conv1", "bn1", "conv2", "bn2"]
 

@@ -9,14 +9,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autograd_cost.cost import count_flops, saved_activation_bytes, summarize_times
+from autograd_cost.cost import count_flops, saved_activation_bytes
+from autograd_cost.ops import (
+    extra_op_seconds,
+    extra_ops,
+    op_counts,
+    profile_run,
+    self_seconds_per_call,
+    self_time_share,
+    surplus_seconds,
+    typical_self_seconds,
+)
 from autograd_cost.partial import (
     CatLinear,
     SplitLinear,
     adam_decay_outside_hooks,
     cat_freeze,
-    extra_op_seconds,
-    extra_ops,
     freeze_cols,
     freeze_rows,
     frozen_entry_change,
@@ -24,26 +32,20 @@ from autograd_cost.partial import (
     gradient_bytes,
     hook_freeze,
     mask_gradient,
-    op_counts,
     pin_frozen_entries,
     plan_masks,
     plot_step_times,
-    profile_run,
     question_batch,
     question_net,
     rows_mask,
-    self_seconds_per_call,
-    self_time_share,
     sgd_decay_change,
     split_freeze,
-    surplus_seconds,
-    thread_seconds,
     timing_table,
     train_steps,
     training_step,
-    typical_self_seconds,
     whole_freeze,
 )
+from autograd_cost.timing import summarize_times, thread_seconds
 
 BATCH, IN, OUT = 6, 7, 5
 PLAN = {"linear1": 1, "linear2": 2, "linear3": 1}

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from autograd_cost.cost import pick_device
+from autograd_cost.core import pick_device
 from autograd_cost.quiet import is_native_log_line
 
 KINETO_LINES = [

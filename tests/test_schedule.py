@@ -26,11 +26,10 @@ from autograd_cost.schedule import (
     freeze_fraction,
     frozen_count,
     head_inputs,
-    optimizer_params,
-    remove_from_optimizer,
     reset_module,
     same_weights,
 )
+from autograd_cost.training import optimizer_params, remove_from_optimizer
 
 
 class BackwardsDefined(nn.Module):

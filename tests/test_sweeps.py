@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from autograd_cost.cost import count_flops
-from autograd_cost.freezing import exactly_frozen, units
+from autograd_cost.freezing import exactly_frozen, preserved_values, units
 from autograd_cost.models import example_input, mlp, small_cnn, tiny_transformer
+from autograd_cost.ops import backward_ops, matmul_share, profile_ops
 from autograd_cost.profile import profile_freezing, with_ratios
+from autograd_cost.results import machine_metadata, project_root, write_results
 from autograd_cost.sweeps import (
-    backward_ops,
     cat_freeze_copy,
     fastest_backward_seconds,
     format_backward_ops,
@@ -27,16 +28,11 @@ from autograd_cost.sweeps import (
     half_depth,
     interleaved_configs,
     interleaved_step_seconds,
-    machine_metadata,
-    matmul_share,
     mean_abs_error,
     pays_off_width,
     plot_shares,
     plot_step_speedups,
     plot_width_sweep,
-    preserved_values,
-    profile_ops,
-    project_root,
     row_at,
     step_speedup_bound,
     step_sweep,
@@ -46,7 +42,6 @@ from autograd_cost.sweeps import (
     width_sweep,
     with_shares,
     with_step_speedups,
-    write_results,
 )
 
 
@@ -230,7 +225,7 @@ def test_profile_ops_attributes_a_training_step(capfd):
     assert {"aten::addmm", "aten::mm"} <= keys
     assert 0 < matmul_share(averages) < 1
     assert all(torch.equal(a, b) for a, b in zip(before[0], model.parameters(), strict=True))
-    with pytest.raises(ValueError, match="repeats must be"):
+    with pytest.raises(ValueError, match="steps must be"):
         profile_ops(lambda: None, steps=0)
 
 
@@ -406,6 +401,6 @@ def test_fastest_backward_seconds_is_a_minimum_and_restores_the_model():
 
 def test_fastest_backward_seconds_takes_the_minimum_of_the_timed_rounds(monkeypatch):
     reported = iter([0.9, 0.5, 0.2, 0.7])  # the first is the untimed warm-up round
-    monkeypatch.setattr("autograd_cost.cost.timed_backward", lambda loss, device: next(reported))
+    monkeypatch.setattr("autograd_cost.timing.timed_backward", lambda loss, device: next(reported))
     model = mlp(width=4, depth=1)
     assert fastest_backward_seconds(model, example_input(model, batch=2), [[]], rounds=3) == [0.2]

@@ -4,17 +4,13 @@ The library behind the notebook course "Frozen layers, measured". Importing it h
 effects.
 """
 
+from autograd_cost.core import default_loss, model_loss, pick_device, synchronize
 from autograd_cost.cost import (
     Flops,
-    Timing,
     backward_flops,
-    backward_seconds,
     count_flops,
     forward_flops,
-    pick_device,
     saved_activation_bytes,
-    synchronize,
-    time_repeats,
 )
 from autograd_cost.freezing import (
     execution_order,
@@ -30,16 +26,15 @@ from autograd_cost.freezing import (
 from autograd_cost.graph import (
     backward_nodes,
     count_table,
-    default_loss,
     draw_freeze,
     draw_graph,
     format_nodes,
-    model_loss,
     node_counts,
     removed_nodes,
 )
 from autograd_cost.models import build_model, example_input, mlp, small_cnn, tiny_transformer
-from autograd_cost.profile import format_profile, plot_profile, profile_freezing, with_ratios
+from autograd_cost.profile import plot_profile, profile_freezing, profile_table, with_ratios
+from autograd_cost.timing import Timing, backward_seconds, time_repeats
 
 __all__ = [
     "Flops",
@@ -56,7 +51,6 @@ __all__ = [
     "example_input",
     "execution_order",
     "format_nodes",
-    "format_profile",
     "forward_flops",
     "freeze_prefix",
     "freeze_suffix",
@@ -71,6 +65,7 @@ __all__ = [
     "preserved_requires_grad",
     "preserved_state",
     "profile_freezing",
+    "profile_table",
     "removed_nodes",
     "saved_activation_bytes",
     "small_cnn",

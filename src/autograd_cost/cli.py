@@ -10,10 +10,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
+import pandas as pd
 from torch import nn
 
-from autograd_cost.cost import pick_device
-from autograd_cost.freezing import FreezeSummary, ModelInput, execution_order, freeze_summary
+from autograd_cost.core import ModelInput, on_device, pick_device, to_device
+from autograd_cost.freezing import FreezeSummary, execution_order, freeze_summary
 from autograd_cost.loading import (
     INPUT_DTYPES,
     SpecError,
@@ -24,13 +25,7 @@ from autograd_cost.loading import (
     parse_shape,
 )
 from autograd_cost.models import MODEL_BUILDERS, build_model, example_input
-from autograd_cost.profile import (
-    format_profile,
-    on_device,
-    plot_profile,
-    profile_freezing,
-    to_device,
-)
+from autograd_cost.profile import plot_profile, profile_freezing, profile_table
 
 GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3
 
@@ -98,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--freeze", metavar="UNIT[,UNIT...]", default=None,
                          help="profile exactly these units frozen (the rest trainable) "
                               "against the unfrozen model, instead of a depth sweep")
+    profile.add_argument("--as-is", action="store_true",
+                         help="also profile the model as your code configured it, its "
+                              "requires_grad untouched (e.g. a PEFT/LoRA model)")
     profile.add_argument("--repeats", type=_positive, default=None,
                          help="fixed timed repeats per depth (default: adaptive)")
     profile.add_argument(
@@ -145,18 +143,20 @@ def model_and_input(args: argparse.Namespace) -> tuple[nn.Module, ModelInput]:
                     "(with --input-dtype long --vocab N for token ids) or --input module:callable")
 
 
-def run_profile(args: argparse.Namespace) -> list[dict]:
+def run_profile(args: argparse.Namespace) -> pd.DataFrame:
     """Profile the model the options describe: a depth sweep or one chosen set (notebook 02)."""
     model, example = model_and_input(args)
     device = pick_device(args.device)
     modes = ("prefix", "suffix") if args.mode == "both" else (args.mode,)
+    if args.as_is:
+        modes = ("as_is", *modes)
     freeze = None
     if args.freeze is not None:
         freeze = [name.strip() for name in args.freeze.split(",") if name.strip()]
         if not freeze:
             raise SpecError("--freeze needs at least one unit name; see the `units` command")
     return profile_freezing(model, example, modes=modes, device=device, repeats=args.repeats,
-                            freeze=freeze, memory=args.memory or False)
+                            frozen=freeze, memory=args.memory or False, progress=True)
 
 
 def list_units(args: argparse.Namespace) -> FreezeSummary:
@@ -198,10 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     if args.json:
-        json.dump(rows, sys.stdout, indent=1)
+        json.dump(json.loads(rows.to_json(orient="records")), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_profile(rows))
+        print(profile_table(rows).to_string(index=False))
     if args.plot:
         import matplotlib
 

@@ -1,54 +1,18 @@
-"""Measure backward cost: FLOPs, activation bytes saved for backward, and wall time."""
+"""Counting instruments: FLOPs (FlopCounterMode) and bytes (saved activations, grads, state)."""
 
 from __future__ import annotations
 
-import gc
-import os
-import statistics
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
+from torch.optim import Optimizer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from autograd_cost.freezing import ModelInput, freeze_units, preserved_state
-from autograd_cost.graph import LossFn, model_loss
-
-DEVICE_ENV = "AUTOGRAD_COST_DEVICE"
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the argument, else $AUTOGRAD_COST_DEVICE, else CUDA if present.
-
-    Taught in notebook 00. `make test` sets AUTOGRAD_COST_DEVICE=cpu, so the stored CPU
-    outputs are compared on any machine; `make test-cuda` sets it to cuda.
-    """
-    source = "device argument"
-    if device is None and os.environ.get(DEVICE_ENV):
-        device, source = os.environ[DEVICE_ENV], DEVICE_ENV
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"{source} {device!r} is not a device; use 'cpu', 'cuda' or "
-                         f"'cuda:N' ({error})") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{source} asks for {device!r}, but torch.cuda.is_available() is "
-                         f"False on this machine; use 'cpu'")
-    if chosen.type not in ("cpu", "cuda"):
-        raise ValueError(f"{source} {device!r}: the course runs on 'cpu' or 'cuda' only")
-    return chosen
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels so that a timer reads real work (notebook 02)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from autograd_cost.core import LossFn, ModelInput, model_loss
+from autograd_cost.freezing import frozen_state
 
 
 @dataclass(frozen=True)
@@ -91,10 +55,17 @@ def flop_counter() -> FlopCounterMode:
 
 
 def count_flops(
-    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+    model: nn.Module,
+    example_input: ModelInput,
+    loss_fn: LossFn | None = None,
+    frozen: Sequence[str] | None = None,
 ) -> Flops:
-    """Count forward and backward FLOPs with FlopCounterMode, printing nothing (notebook 01)."""
-    with preserved_state(model):
+    """Forward and backward FLOPs of one step, counted by FlopCounterMode (notebook 01).
+
+    frozen=None counts the model as configured; a list of unit names counts it with exactly
+    those units frozen (`freezing.frozen_state`). The model is restored either way.
+    """
+    with frozen_state(model, frozen):
         with flop_counter() as forward_counter:
             loss = model_loss(model, example_input, loss_fn)
         backward = 0
@@ -106,17 +77,19 @@ def count_flops(
 
 
 def forward_flops(
-    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None,
+    frozen: Sequence[str] | None = None,
 ) -> int:
     """FLOPs of the forward pass and loss (notebook 01)."""
-    return count_flops(model, example_input, loss_fn).forward
+    return count_flops(model, example_input, loss_fn, frozen).forward
 
 
 def backward_flops(
-    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None,
+    frozen: Sequence[str] | None = None,
 ) -> int:
-    """FLOPs of the backward pass under the model's current freeze state (notebook 01)."""
-    return count_flops(model, example_input, loss_fn).backward
+    """FLOPs of the backward pass, as configured or with `frozen` units frozen (notebook 01)."""
+    return count_flops(model, example_input, loss_fn, frozen).backward
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
@@ -125,13 +98,17 @@ def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
 
 
 def saved_activation_bytes(
-    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
+    model: nn.Module,
+    example_input: ModelInput,
+    loss_fn: LossFn | None = None,
+    frozen: Sequence[str] | None = None,
 ) -> int:
     """Bytes the forward pass saves for backward, parameters and buffers excluded (notebook 01).
 
-    Counted with saved_tensors_hooks; tensors that share storage are counted once. Packed
-    tensors are kept alive until the count ends, so a graph freed during the forward (e.g.
-    after .detach()) cannot hand its memory, and thus its storage key, to a later tensor.
+    `frozen` as in `count_flops`. Counted with saved_tensors_hooks; tensors that share storage
+    are counted once. Packed tensors are kept alive until the count ends, so a graph freed
+    during the forward (e.g. after .detach()) cannot hand its memory, and thus its storage
+    key, to a later tensor.
     """
     excluded = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
     storages: dict[tuple[str, int], int] = {}
@@ -147,258 +124,33 @@ def saved_activation_bytes(
     def unpack(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    with preserved_state(model), saved_tensors_hooks(pack, unpack):
+    with frozen_state(model, frozen), saved_tensors_hooks(pack, unpack):
         model_loss(model, example_input, loss_fn)
     return sum(storages.values())
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Median, interquartile range and quartiles of repeated wall times, in s (notebook 02).
-
-    The IQR (interquartile range) is Q3 - Q1: the middle half of the samples lies in
-    [q1, q3]. It is a spread that one slow outlier cannot inflate.
-    """
-
-    median: float
-    iqr: float
-    repeats: int
-    q1: float | None = None
-    q3: float | None = None
-
-    def __str__(self) -> str:
-        return f"{self.median * 1e3:.2f} ms ± {self.iqr * 1e3:.2f} ms (IQR, n={self.repeats})"
-
-    def error_bar(self) -> tuple[float, float]:
-        """Distances from the median down to Q1 and up to Q3, for matplotlib's xerr/yerr."""
-        low = self.median if self.q1 is None else self.q1
-        high = self.median if self.q3 is None else self.q3
-        return (self.median - low, high - self.median)
 
 
-def summarize_times(samples: list[float]) -> Timing:
-    """Median and IQR of timing samples (notebook 02)."""
-    if not samples:
-        raise ValueError("no timing samples to summarize")
-    if len(samples) == 1:
-        return Timing(samples[0], 0.0, 1, samples[0], samples[0])
-    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return Timing(statistics.median(samples), q3 - q1, len(samples), q1, q3)
+def storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of the distinct storages among `tensors`; views of one storage count once (nb 07)."""
+    sizes: dict[tuple[str, int], int] = {}
+    for tensor in tensors:
+        sizes[_storage_key(tensor)] = tensor.untyped_storage().nbytes()
+    return sum(sizes.values())
 
 
-def _spread_is_small(samples: list[float], min_repeats: int, tolerance: float) -> bool:
-    if len(samples) < min_repeats:
-        return False
-    timing = summarize_times(samples)
-    return timing.iqr <= tolerance * timing.median
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes held by the parameters' .grad tensors; a None grad costs nothing (notebook 03)."""
+    return storage_bytes([p.grad for p in model.parameters() if p.grad is not None])
 
 
-def time_repeats(
-    run: Callable[[], None],
-    device: torch.device,
-    warmup: int = 2,
-    min_repeats: int = 5,
-    max_repeats: int = 50,
-    max_seconds: float = 2.0,
-    tolerance: float = 0.05,
-) -> Timing:
-    """Warm up, then time `run` until the IQR is within `tolerance` of the median (notebook 02)."""
-    for _ in range(warmup):
-        run()
-    synchronize(device)
-    samples: list[float] = []
-    deadline = time.perf_counter() + max_seconds
-    while len(samples) < max_repeats:
-        start = time.perf_counter()
-        run()
-        synchronize(device)
-        samples.append(time.perf_counter() - start)
-        if _spread_is_small(samples, min_repeats, tolerance):
-            break
-        if len(samples) >= min_repeats and time.perf_counter() > deadline:
-            break
-    return summarize_times(samples)
-
-
-def backward_seconds(
-    model: nn.Module,
-    example_input: ModelInput,
-    loss_fn: LossFn | None = None,
-    device: torch.device | None = None,
-    min_repeats: int = 5,
-    max_seconds: float = 2.0,
-) -> Timing:
-    """Wall time of the backward pass alone: forward untimed, warm-up, median of repeats.
-
-    Taught in notebook 02. Gradients are set to None before each backward, as in training.
-    """
-    device = device or next(model.parameters()).device
-    with preserved_state(model):
-        loss = model_loss(model, example_input, loss_fn)
-        if not loss.requires_grad:
-            return Timing(0.0, 0.0, 0)
-        params = list(model.parameters())
-
-        def run() -> None:
-            for param in params:
-                param.grad = None
-            loss.backward(retain_graph=True)
-
-        return time_repeats(run, device, min_repeats=min_repeats, max_seconds=max_seconds)
-
-
-@contextmanager
-def garbage_collection_paused(collect: bool = True) -> Iterator[None]:
-    """Pause Python's garbage collector while timing, as timeit does (notebook 02).
-
-    collect=False skips the initial gc.collect(), which is slow, when only a collection at a
-    random moment must be avoided (memory_breakdown, notebook 07).
-    """
-    was_enabled = gc.isenabled()
-    if collect:
-        gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def interleaved_samples(
-    runs: Mapping[str, Callable[[], object]],
-    device: torch.device | str = "cpu",
-    calls_per_sample: int = 1,
-    warmup_rounds: int = 1,
-    min_repeats: int = 5,
-    max_repeats: int = 30,
-    max_seconds: float = 10.0,
-    tolerance: float = 0.05,
-) -> dict[str, list[float]]:
-    """Seconds per call of each run, sampled round-robin so drift hits all alike (notebook 02).
-
-    A run that returns a float reports its own seconds (say, a backward whose forward is
-    untimed); for any other return value the whole call is timed, synchronized on CUDA.
-    Warm-up rounds are untimed. Rounds stop once every IQR is within `tolerance` of its
-    median (after `min_repeats`), after `max_seconds`, or at `max_repeats`. Sample i of every
-    run is from round i, so per-round ratios (`median_ratio`) cancel drift.
-    """
-    if not runs:
-        raise ValueError("runs must name at least one callable")
-    if calls_per_sample < 1 or warmup_rounds < 0 or not 1 <= min_repeats <= max_repeats:
-        raise ValueError(
-            "need calls_per_sample >= 1, warmup_rounds >= 0 and 1 <= min_repeats <= "
-            f"max_repeats, got {calls_per_sample}, {warmup_rounds}, {min_repeats}, {max_repeats}"
-        )
-    device = torch.device(device)
-
-    def sample(run: Callable[[], object]) -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        reported = [run() for _ in range(calls_per_sample)]
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        if all(isinstance(r, float) for r in reported):
-            elapsed = sum(reported)
-        return elapsed / calls_per_sample
-
-    for _ in range(warmup_rounds):
-        for run in runs.values():
-            sample(run)
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    deadline = time.perf_counter() + max_seconds
-    with garbage_collection_paused():
-        for rounds in range(1, max_repeats + 1):
-            for name, run in runs.items():
-                samples[name].append(sample(run))
-            if rounds >= min_repeats and (
-                time.perf_counter() > deadline
-                or all(_spread_is_small(s, min_repeats, tolerance) for s in samples.values())
-            ):
-                break
-    return samples
-
-
-def interleaved_seconds(
-    runs: Mapping[str, Callable[[], object]],
-    device: torch.device | str = "cpu",
-    **options: float,
-) -> dict[str, Timing]:
-    """Median and IQR per run of `interleaved_samples`, with the same options (notebook 02)."""
-    return {name: summarize_times(s) for name, s in interleaved_samples(runs, device,
-                                                                        **options).items()}
-
-
-def median_ratio(samples: Mapping[str, list[float]], name: str, baseline: str) -> float:
-    """Median over rounds of time(name) / time(baseline) within a round (notebook 04)."""
-    missing = [n for n in (name, baseline) if n not in samples]
-    if missing:
-        raise ValueError(f"no samples for {missing}; have {sorted(samples)}")
-    pairs = zip(samples[name], samples[baseline], strict=True)
-    return statistics.median(a / b for a, b in pairs)
-
-
-def timed_backward(loss: torch.Tensor, device: torch.device) -> float:
-    """Seconds of `loss.backward()` alone, synchronized on CUDA (notebook 02)."""
-    synchronize(device)
-    start = time.perf_counter()
-    loss.backward()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved_backward_samples(
-    model: nn.Module,
-    example_input: ModelInput,
-    freeze_sets: list[list[str]],
-    loss_fn: LossFn | None = None,
-    device: torch.device | None = None,
-    min_repeats: int = 5,
-    max_repeats: int = 30,
-    max_seconds: float = 10.0,
-    tolerance: float = 0.05,
-) -> list[list[float]]:
-    """Backward seconds per round for several freeze sets, sampled round-robin (notebook 02).
-
-    Each sample runs a fresh, untimed forward under that freeze set; one untimed round warms
-    up. Rounds stop once every spread is small or time is up (see `interleaved_samples`).
-    """
-    device = device or next(model.parameters()).device
-
-    def backward_under(names: list[str]) -> Callable[[], float]:
-        def run() -> float:
-            for param in model.parameters():
-                param.requires_grad_(True)
-            freeze_units(model, names)
-            loss = model_loss(model, example_input, loss_fn)
-            if not loss.requires_grad:
-                return 0.0
-            for param in model.parameters():
-                param.grad = None
-            return timed_backward(loss, device)
-
-        return run
-
-    runs = {str(i): backward_under(list(names)) for i, names in enumerate(freeze_sets)}
-    with preserved_state(model):
-        samples = interleaved_samples(runs, device, min_repeats=min_repeats,
-                                      max_repeats=max_repeats, max_seconds=max_seconds,
-                                      tolerance=tolerance)
-    return [samples[str(i)] for i in range(len(freeze_sets))]
-
-
-def interleaved_backward_seconds(
-    model: nn.Module,
-    example_input: ModelInput,
-    freeze_sets: list[list[str]],
-    loss_fn: LossFn | None = None,
-    device: torch.device | None = None,
-    min_repeats: int = 5,
-    max_repeats: int = 30,
-    max_seconds: float = 10.0,
-    tolerance: float = 0.05,
-) -> list[Timing]:
-    """Median and IQR of `interleaved_backward_samples` per freeze set (notebook 02)."""
-    samples = interleaved_backward_samples(model, example_input, freeze_sets, loss_fn, device,
-                                           min_repeats, max_repeats, max_seconds, tolerance)
-    return [summarize_times(s) for s in samples]
+def optimizer_state_bytes(optimizer: Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state, step counters included (notebook 03)."""
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return sum(
+        value.nbytes
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )

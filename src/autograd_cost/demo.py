@@ -7,15 +7,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from autograd_cost.cost import backward_seconds, count_flops, saved_activation_bytes
-from autograd_cost.freezing import (
-    FREEZE_MODES,
-    ModelInput,
-    exactly_frozen,
-    execution_order,
-    units_to_freeze,
-)
+from autograd_cost.core import ModelInput
+from autograd_cost.cost import count_flops, saved_activation_bytes
+from autograd_cost.freezing import FREEZE_MODES, exactly_frozen, execution_order, units_to_freeze
 from autograd_cost.graph import GraphPicture, draw_freeze
+from autograd_cost.timing import backward_seconds
 
 PROJECTOR_FONT = {"font.size": 16, "axes.titlesize": 18, "axes.labelsize": 16}
 

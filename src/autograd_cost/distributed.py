@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from autograd_cost.cost import Timing, summarize_times
 from autograd_cost.freezing import execution_order, freeze_units, prefix_units
 from autograd_cost.models import example_input, mlp
+from autograd_cost.timing import Timing, summarize_times
 
 LOOPBACK_ADDRESS = "127.0.0.1"
 DDP_FIXES = ("rewrap", "find_unused_parameters", "static_graph")

@@ -11,7 +11,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-ModelInput = torch.Tensor | tuple[torch.Tensor, ...]
+from autograd_cost.core import ModelInput, run_model
 
 
 def units(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -42,24 +42,6 @@ class _FirstUse(TorchFunctionMode):
                 self._seen.add(key)
                 self.order.append(key)
         return func(*args, **(kwargs or {}))
-
-
-def run_model(model: nn.Module, example_input: ModelInput) -> torch.Tensor:
-    """Call the model on a tensor or tuple of tensors; clear error if it does not fit (nb 01)."""
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise TypeError(
-            "example_input must be a torch.Tensor or a tuple of tensors, "
-            f"got {type(example_input).__name__}"
-        )
-    try:
-        return model(*inputs)
-    except (RuntimeError, IndexError, ValueError) as error:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise ValueError(
-            f"example input of shape {shapes} does not fit the model "
-            f"{type(model).__name__}: {error}"
-        ) from error
 
 
 def execution_order(model: nn.Module, example_input: ModelInput) -> list[str]:
@@ -97,6 +79,14 @@ def freeze_units(model: nn.Module, names: Sequence[str]) -> list[str]:
         for param in owned[name]:
             param.requires_grad_(False)
     return list(names)
+
+
+def set_frozen(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """Make exactly the named units frozen and every other parameter trainable (notebook 02)."""
+    check_unit_names(model, names)
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return freeze_units(model, names)
 
 
 def _check_depth(depth: int, order: Sequence[str]) -> None:
@@ -192,9 +182,37 @@ def exactly_frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]
     """Inside the block exactly the named units are frozen; state restored after (notebook 02)."""
     check_unit_names(model, names)
     with preserved_state(model):
-        for param in model.parameters():
-            param.requires_grad_(True)
-        yield freeze_units(model, names)
+        yield set_frozen(model, names)
+
+
+@contextmanager
+def frozen_state(model: nn.Module, frozen: Sequence[str] | None) -> Iterator[list[str] | None]:
+    """The one meaning of `frozen` for every instrument, state restored on exit (notebook 02).
+
+    frozen=None measures the model as the user configured it (requires_grad untouched);
+    a list of unit names freezes exactly those units and makes the rest trainable.
+    """
+    if frozen is None:
+        with preserved_state(model):
+            yield None
+        return
+    with exactly_frozen(model, frozen) as names:
+        yield names
+
+
+@contextmanager
+def preserved_values(model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's values on exit, also on error: optimizer steps change them.
+
+    Taught in notebook 02.
+    """
+    saved = [(p, p.detach().clone()) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, copy_ in saved:
+                param.copy_(copy_)
 
 
 @dataclass(frozen=True)

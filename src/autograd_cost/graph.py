@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import graphviz
 import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
-from torchviz import make_dot
 
-from autograd_cost.freezing import ModelInput, preserved_state, run_model, units
+if TYPE_CHECKING:
+    import graphviz
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+from autograd_cost.core import LossFn, ModelInput, model_loss
+from autograd_cost.freezing import preserved_state, units
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,8 @@ def draw_graph(
     """
     frozen = list(frozen)
     fns = _walk(output)
+    from torchviz import make_dot  # the drawing stack loads only when a graph is drawn
+
     dot = make_dot(output, params=params)
     removed = set(removed_nodes(output, frozen)) if frozen else set()
     names = _stable_names(fns)
@@ -234,21 +237,6 @@ def draw_graph(
     return GraphPicture(
         _deterministic_dot(dot, removed_ids), summary, ordered, [n for n in ordered if n in removed]
     )
-
-
-def default_loss(output: torch.Tensor) -> torch.Tensor:
-    """The loss used when none is given: the sum of the output (notebook 01)."""
-    return output.float().sum()
-
-
-def model_loss(
-    model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None
-) -> torch.Tensor:
-    """Run the model and reduce its output to a scalar loss (notebook 01)."""
-    loss = (loss_fn or default_loss)(run_model(model, example_input))
-    if loss.numel() != 1:
-        raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-    return loss
 
 
 def draw_freeze(

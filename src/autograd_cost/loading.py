@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autograd_cost.freezing import ModelInput
+from autograd_cost.core import ModelInput
 from autograd_cost.models import MODEL_BUILDERS
 
 INPUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "long": torch.long}

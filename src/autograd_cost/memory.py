@@ -15,14 +15,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from autograd_cost.cost import (
-    garbage_collection_paused,
+from autograd_cost.core import (
+    LossFn,
+    ModelInput,
+    make_loss_fn,
+    model_loss,
+    on_device,
     pick_device,
-    saved_activation_bytes,
     synchronize,
+    to_device,
 )
-from autograd_cost.freezing import ModelInput, exactly_frozen, preserved_state, units
-from autograd_cost.graph import LossFn, model_loss
+from autograd_cost.cost import optimizer_state_bytes, saved_activation_bytes, storage_bytes
+from autograd_cost.freezing import exactly_frozen, preserved_state, preserved_values, units
 from autograd_cost.memory_timeline import (
     PHASES,
     MemoryTimeline,
@@ -30,17 +34,13 @@ from autograd_cost.memory_timeline import (
     memory_timeline,
     profiled_phase,
 )
-from autograd_cost.methods import optimizer_state_bytes
-from autograd_cost.profile import make_loss_fn, on_device, to_device
-
-OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-
-OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
-    "sgd-momentum": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
-    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
-    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3),
-}
+from autograd_cost.timing import garbage_collection_paused
+from autograd_cost.training import (
+    OptimizerFactory,
+    make_optimizer,
+    resolve_optimizer,
+    training_step,
+)
 
 
 @dataclass(frozen=True)
@@ -78,39 +78,6 @@ class MemoryBreakdown:
     cuda_peak_increase_bytes: int | None = None
 
 
-def resolve_optimizer(optimizer: str | OptimizerFactory) -> OptimizerFactory:
-    """The optimizer factory for a name or a callable(params); clear error otherwise (nb 07)."""
-    if isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; valid optimizers are "
-                             f"{list(OPTIMIZERS)} or a callable(params) -> Optimizer")
-        return OPTIMIZERS[optimizer]
-    if callable(optimizer):
-        return optimizer
-    raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)} or a callable(params) -> "
-                     f"Optimizer, got {type(optimizer).__name__}")
-
-
-def _build_optimizer(factory: OptimizerFactory, params: list[nn.Parameter]):
-    built = factory(params)
-    if not isinstance(built, torch.optim.Optimizer):
-        raise ValueError(f"the optimizer callable must return a torch.optim.Optimizer, got "
-                         f"{type(built).__name__}")
-    return built
-
-
-@contextmanager
-def preserved_values(model: nn.Module) -> Iterator[None]:
-    """Restore parameter values on exit, also on error: optimizer steps change them (nb 07)."""
-    copies = [(p, p.detach().clone()) for p in model.parameters()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for param, copy in copies:
-                param.copy_(copy)
-
-
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run the block on one intra-op thread: temporaries then match on any machine (nb 07)."""
@@ -122,55 +89,20 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
-    """Bytes of distinct storages among `tensors`."""
-    sizes = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        sizes[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
-    return sum(sizes.values())
-
-
-def _training_step(model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None,
-                   optimizer: torch.optim.Optimizer | None, marked: bool) -> None:
-    """zero_grad (to None), forward, backward, optimizer step; phases marked if asked."""
-    if optimizer is not None:
-        optimizer.zero_grad(set_to_none=True)
-
-    @contextmanager
-    def phase(name: str) -> Iterator[None]:
-        if marked:
-            with profiled_phase(name):
-                yield
-        else:
-            yield
-
-    with phase("forward"):
-        loss = model_loss(model, example_input, loss_fn)
-    if optimizer is None or not loss.requires_grad:
-        return
-    with phase("backward"):
-        loss.backward()
-    del loss
-    with phase("optimizer"):
-        optimizer.step()
-
-
 def _measure(model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None,
              factory: OptimizerFactory, device: torch.device) -> tuple[MemoryTimeline, dict]:
     """A warm-up step (creates the optimizer state), then one profiled step."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _build_optimizer(factory, trainable) if trainable else None
-    _training_step(model, example_input, loss_fn, optimizer, marked=False)
+    optimizer = make_optimizer(model, factory)
+    training_step(model, example_input, loss_fn, optimizer)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
     cuda_start = _cuda_reset_peak(device)
     with garbage_collection_paused(collect=False), memory_profile(device.type) as prof:
-        _training_step(model, example_input, loss_fn, optimizer, marked=True)
+        training_step(model, example_input, loss_fn, optimizer, phase=profiled_phase)
         synchronize(device)
     counts = {
-        "gradients": _storage_bytes([p.grad for p in model.parameters() if p.grad is not None]),
+        "gradients": storage_bytes([p.grad for p in model.parameters() if p.grad is not None]),
         "optimizer state": 0 if optimizer is None else optimizer_state_bytes(optimizer),
         "cuda peak increase": (None if cuda_start is None
                                else torch.cuda.max_memory_allocated(device) - cuda_start),
@@ -229,7 +161,7 @@ def memory_breakdown(
         saved = saved_activation_bytes(model, example_input, loss)
         params = list(model.parameters())
         trainable = sum(p.numel() for p in params if p.requires_grad)
-        parameters = _storage_bytes(params)
+        parameters = storage_bytes(params)
     peak = timeline.peak_index()
     at_peak = timeline.at(peak)
     return MemoryBreakdown(
@@ -358,8 +290,8 @@ def estimate_peak(
     sizes = [p.numel() * p.element_size() for p in trainable]
     state = per_parameter * sum(sizes) + (4 * len(trainable) if step_counter else 0)
     temporaries = 2 * max(sizes, default=0) if optimizer in ("adam", "adamw") else 0
-    inputs = _storage_bytes([*_input_tensors(example_input), *model.buffers()])
-    parameters = _storage_bytes(params)
+    inputs = storage_bytes([*_input_tensors(example_input), *model.buffers()])
+    parameters = storage_bytes(params)
     backward = inputs - saved_inputs + saved + 2 * largest
     step = inputs + sum(sizes) + temporaries
     return PeakEstimate(

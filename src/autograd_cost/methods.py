@@ -18,16 +18,16 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.optim import Optimizer
 from torch.utils._pytree import tree_flatten
 
+from autograd_cost.core import ModelInput, run_model
 from autograd_cost.cost import (
-    Timing,
     _storage_key,
     flop_counter,
-    interleaved_seconds,
+    optimizer_state_bytes,
     saved_activation_bytes,
-    timed_backward,
 )
-from autograd_cost.freezing import ModelInput, preserved_state, run_model, units
+from autograd_cost.freezing import preserved_state, units
 from autograd_cost.graph import GraphPicture, backward_nodes, draw_graph
+from autograd_cost.timing import Timing, interleaved_seconds, timed_backward
 
 # ---------------------------------------------------------------- data
 
@@ -236,18 +236,6 @@ def freeze(
 
 
 # ---------------------------------------------------------------- memory
-
-
-def optimizer_state_bytes(optimizer: Optimizer) -> int:
-    """Bytes of every tensor in the optimizer's state, step counters included (notebook 03)."""
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    return sum(
-        value.nbytes
-        for state in optimizer.state.values()
-        for value in state.values()
-        if isinstance(value, torch.Tensor)
-    )
 
 
 def grad_bytes(model: nn.Module) -> int:

@@ -18,9 +18,6 @@ question's list of split indices. Every builder returns a new model and leaves i
 from __future__ import annotations
 
 import copy
-import statistics
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -28,13 +25,11 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import profile
 from torch.utils.hooks import RemovableHandle
 
-from autograd_cost.cost import median_ratio, summarize_times, synchronize
+from autograd_cost.core import LossFn, model_loss
 from autograd_cost.freezing import preserved_state
-from autograd_cost.graph import LossFn, model_loss
-from autograd_cost.quiet import quiet_profile
+from autograd_cost.timing import median_ratio, summarize_times
 
 AXES = ("rows", "cols")
 FreezePlan = Mapping[str, int]
@@ -589,115 +584,6 @@ def training_step(
         model_loss(model, example_input, loss_fn).backward()
 
     return run
-
-
-def thread_seconds(run: Callable[[], object]) -> Callable[[], float]:
-    """Wrap `run` so that each call returns the CPU seconds of the calling thread (notebook 04).
-
-    With one intra-op thread a CPU training step runs entirely on the calling thread, so this
-    is its wall time on a quiet machine, minus the time slices a busy machine gives other
-    processes. `interleaved_samples` takes the returned float as the sample. For CPU work
-    only: GPU kernels are not counted. Where the thread clock is coarser than a microsecond
-    (on Windows), wall time is returned instead.
-    """
-    fine = time.get_clock_info("thread_time").resolution <= 1e-6
-    clock = time.thread_time if fine else time.perf_counter
-
-    def timed() -> float:
-        start = clock()
-        run()
-        return clock() - start
-
-    return timed
-
-
-def profile_run(
-    run: Callable[[], object],
-    warmup: int = 2,
-    steps: int = 1,
-    device: torch.device | None = None,
-) -> profile:
-    """Run `steps` times under torch.profiler (CPU, plus CUDA) after a warm-up (notebook 04).
-
-    Kineto's per-profile log lines are kept off stderr; the device is synchronized before and
-    after the profiled steps.
-    """
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    device = device or torch.device("cpu")
-    for _ in range(warmup):
-        run()
-    synchronize(device)
-    with quiet_profile(device.type) as prof:
-        for _ in range(steps):
-            run()
-        synchronize(device)
-    return prof
-
-
-def op_counts(prof: profile) -> Counter[str]:
-    """How many times each op or autograd node ran in a profile (notebook 04)."""
-    return Counter(event.name for event in prof.events())
-
-
-def extra_ops(baseline: Counter[str], variant: Counter[str]) -> dict[str, int]:
-    """Ops the variant ran more often than the baseline, with the surplus count (notebook 04)."""
-    surplus = variant - baseline
-    return dict(sorted(surplus.items()))
-
-
-def self_seconds_per_call(prof: profile) -> dict[str, float]:
-    """Median self CPU seconds of one call of each op in a profile (notebook 04).
-
-    The median, not the mean, so that one call the OS preempted does not inflate its op.
-    """
-    per_call: dict[str, list[float]] = {}
-    for event in prof.events():
-        per_call.setdefault(event.name, []).append(event.self_cpu_time_total / 1e6)
-    return {name: statistics.median(times) for name, times in per_call.items()}
-
-
-def surplus_seconds(
-    per_call: Mapping[str, float], surplus: Mapping[str, int]
-) -> dict[str, float]:
-    """Self seconds of only the surplus calls: seconds per call * surplus count (notebook 04)."""
-    missing = [name for name in surplus if name not in per_call]
-    if missing:
-        raise ValueError(f"no self time per call for surplus ops {missing}")
-    negative = {name: count for name, count in surplus.items() if count < 0}
-    if negative:
-        raise ValueError(f"surplus call counts must be >= 0, got {negative}")
-    return {name: per_call[name] * count for name, count in surplus.items()}
-
-
-def extra_op_seconds(baseline: profile, variant: profile) -> dict[str, float]:
-    """Self CPU seconds of the variant's surplus calls over the baseline, per op (notebook 04).
-
-    Each surplus call is charged its op's median self time per call in the variant, so an op
-    that both run (such as as_strided) is charged for its surplus calls only.
-    """
-    extra = extra_ops(op_counts(baseline), op_counts(variant))
-    return surplus_seconds(self_seconds_per_call(variant), extra)
-
-
-def typical_self_seconds(prof: profile) -> float:
-    """Self CPU seconds of a profile, each call charged its op's median per call (notebook 04)."""
-    per_call = self_seconds_per_call(prof)
-    return sum(per_call[name] * count for name, count in op_counts(prof).items())
-
-
-def self_time_share(prof: profile, names: Sequence[str]) -> float:
-    """Share of a profile's self CPU time spent in the named ops, e.g. the matmuls (notebook 04)."""
-    events = list(prof.events())
-    ran = {event.name for event in events}
-    if isinstance(names, str) or not ran & set(names):
-        raise ValueError(f"none of the ops {names!r} ran in this profile; ops that ran: "
-                         f"{sorted(ran)}")
-    total = sum(event.self_cpu_time_total for event in events)
-    if total <= 0:
-        raise ValueError("the profile recorded no self CPU time")
-    chosen = sum(event.self_cpu_time_total for event in events if event.name in set(names))
-    return chosen / total
 
 
 def plot_step_times(

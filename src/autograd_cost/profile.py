@@ -2,106 +2,85 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from autograd_cost.cost import (
-    count_flops,
-    interleaved_backward_seconds,
-    pick_device,
-    saved_activation_bytes,
-)
+from autograd_cost.core import LossFn, ModelInput, make_loss_fn, on_device, pick_device, to_device
+from autograd_cost.cost import count_flops, saved_activation_bytes
 from autograd_cost.freezing import (
     FREEZE_MODES,
-    ModelInput,
     check_unit_names,
-    exactly_frozen,
     execution_order,
+    frozen_state,
     preserved_state,
     units,
     units_to_freeze,
 )
-from autograd_cost.graph import LossFn
+from autograd_cost.timing import interleaved_backward_seconds
 
-ROW_KEYS = (
-    "mode",
-    "depth",
-    "frozen_units",
-    "trainable_params",
-    "frozen_params",
-    "forward_flops",
-    "backward_flops",
-    "saved_activation_bytes",
-    "backward_seconds",
-    "backward_seconds_iqr",
-    "backward_seconds_q1",
-    "backward_seconds_q3",
-)
-# Added to each row by profile_freezing(memory=...): one training step, measured (notebook 07).
-MEMORY_KEYS = ("peak_bytes", "gradients_bytes", "optimizer_state_bytes")
-
-
-def make_loss_fn(
-    loss_fn: Callable[..., torch.Tensor] | None, target: torch.Tensor | None
-) -> LossFn | None:
-    """Turn (loss_fn, target) into a one-argument loss of the model output (notebook 02).
-
-    With a target but no loss_fn, integer targets get cross-entropy and float targets MSE.
-    """
-    if target is None:
-        return loss_fn
-    if loss_fn is None:
-        loss_fn = F.cross_entropy if not target.is_floating_point() else F.mse_loss
-    chosen = loss_fn
-    return lambda output: chosen(output, target)
+# The result schema: one row per measured freeze, as a DataFrame with these columns.
+PROFILE_COLUMNS = {
+    "mode": "'prefix' or 'suffix' (depth sweep), 'as_is' (requires_grad as configured), "
+            "'unfrozen' or 'chosen' (frozen=[...])",
+    "freeze_depth": "units frozen from the front (prefix) or back (suffix); <NA> for 'as_is'",
+    "frozen_units": "tuple of the units whose parameters are all frozen, in execution order",
+    "trainable_params": "parameters with requires_grad=True in that freeze",
+    "frozen_params": "parameters with requires_grad=False in that freeze",
+    "forward_flops": "FLOPs of forward and loss (cost.count_flops)",
+    "backward_flops": "FLOPs of the backward pass (cost.count_flops)",
+    "saved_activation_bytes": "bytes the forward saves for backward (cost.saved_activation_bytes)",
+    "backward_seconds": "median wall time of the backward (timing.interleaved_backward_seconds)",
+    "backward_seconds_iqr": "interquartile range of those samples",
+    "backward_seconds_q1": "first quartile",
+    "backward_seconds_q3": "third quartile",
+}
+# Added by profile_freezing(memory=...): one measured training step (notebook 07).
+MEMORY_COLUMNS = {
+    "peak_bytes": "peak bytes of one step above the bytes allocated before it",
+    "gradients_bytes": "bytes of parameter .grad tensors after backward",
+    "optimizer_state_bytes": "bytes of optimizer state after the step",
+}
+ROW_MODES = ("as_is", *FREEZE_MODES)
 
 
 def _check_modes(modes: Sequence[str]) -> list[str]:
     if isinstance(modes, str):
         modes = [modes]
-    bad = [m for m in modes if m not in FREEZE_MODES]
+    bad = [m for m in modes if m not in ROW_MODES]
     if bad or not modes:
-        raise ValueError(f"unknown mode(s) {bad or modes}; valid modes are {list(FREEZE_MODES)}")
+        raise ValueError(f"unknown mode(s) {bad or modes}; valid modes are {list(ROW_MODES)}")
     return list(modes)
 
 
+Plan = tuple[str, "int | None", "list[str] | None"]
+
+
 def _plans(
-    order: list[str], modes: Sequence[str], depths: Sequence[int] | None,
-    freeze: Sequence[str] | None,
-) -> list[tuple[str, int, list[str]]]:
-    """(mode, depth, units to freeze) for each row, in row order."""
-    if freeze is not None:
-        chosen = [name for name in order if name in set(freeze)]  # in execution order
-        return [("unfrozen", 0, []), ("chosen", len(chosen), chosen)]
-    depths = list(range(len(order) + 1)) if depths is None else list(depths)
-    return [(m, d, units_to_freeze(order, m, d)) for m in modes for d in depths]
+    order: list[str], modes: Sequence[str], freeze_depths: Sequence[int] | None,
+    frozen: Sequence[str] | None,
+) -> list[Plan]:
+    """(mode, freeze depth, units to freeze or None for as configured) per row, in order."""
+    plans: list[Plan] = [("as_is", None, None)] if "as_is" in modes else []
+    if frozen is not None:
+        chosen = [name for name in order if name in set(frozen)]  # in execution order
+        return [*plans, ("unfrozen", 0, []), ("chosen", len(chosen), chosen)]
+    sweep = [m for m in modes if m != "as_is"]
+    depths = list(range(len(order) + 1)) if freeze_depths is None else list(freeze_depths)
+    return [*plans, *((m, d, units_to_freeze(order, m, d)) for m in sweep for d in depths)]
 
 
-def to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
-    """Move a tensor or a tuple of tensors to `device`, refusing anything else (notebook 02)."""
-    if isinstance(example_input, tuple):
-        return tuple(t.to(device) for t in example_input)
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError(
-            "example_input must be a torch.Tensor or a tuple of tensors, "
-            f"got {type(example_input).__name__}"
-        )
-    return example_input.to(device)
+def _key(frozen: list[str] | None) -> tuple[str, ...] | None:
+    return None if frozen is None else tuple(frozen)
 
 
-@contextmanager
-def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """Move the model to `device` inside the block and back after (notebook 02)."""
-    home = next(model.parameters()).device
-    try:
-        yield model.to(device)
-    finally:
-        model.to(home)
+def _fully_frozen(model: nn.Module, order: list[str]) -> tuple[str, ...]:
+    owned = units(model)
+    return tuple(n for n in order if not any(p.requires_grad for p in owned[n]))
 
 
 def profile_freezing(
@@ -110,31 +89,36 @@ def profile_freezing(
     target: torch.Tensor | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     modes: Sequence[str] = FREEZE_MODES,
-    depths: Sequence[int] | None = None,
+    freeze_depths: Sequence[int] | None = None,
     device: str | torch.device | None = None,
     repeats: int | None = None,
-    freeze: Sequence[str] | None = None,
+    frozen: Sequence[str] | None = None,
     memory: bool | str = False,
-) -> list[dict[str, Any]]:
-    """Backward FLOPs, saved bytes and backward time for each (mode, depth) (notebook 02).
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Backward FLOPs, saved bytes and backward time for each freeze, one row each (notebook 02).
 
-    Units are frozen in forward-execution order. With `freeze=[unit names]` there is no sweep:
-    two rows compare the unfrozen model (mode "unfrozen") with exactly those units frozen and
-    the rest trainable (mode "chosen", depth = number of units). The model is left as it was:
-    requires_grad, .grad, buffers, train/eval mode and device are all restored, also on error.
-    `memory=True` (Adam) or an optimizer name ("sgd", "sgd-momentum", "adam", "adamw") adds
-    MEMORY_KEYS to each row from one measured training step (`memory.memory_breakdown`).
+    Returns a DataFrame with PROFILE_COLUMNS (plus MEMORY_COLUMNS with `memory=`). Units are
+    frozen in forward-execution order. `modes` picks the rows: "prefix" and "suffix" sweep
+    `freeze_depths` (default: all); "as_is" adds one row for the model as configured, its
+    requires_grad untouched (a PEFT/LoRA model, say). `frozen=[unit names]` replaces the
+    sweep by two rows: the unfrozen model ("unfrozen") and exactly those units frozen, the
+    rest trainable ("chosen"). The model is left as it was: requires_grad, .grad, buffers,
+    train/eval mode and device are all restored, also on error. `memory=True` (Adam) or an
+    optimizer name ("sgd", "sgd-momentum", "adam", "adamw") adds MEMORY_COLUMNS from one
+    measured training step (`memory.memory_breakdown`). `progress=True` shows tqdm bars on
+    stderr once a phase takes over 2 s (the CLI; a notebook keeps stderr empty).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not units(model):
         raise ValueError(f"{type(model).__name__} has no parameters, so there is nothing to freeze")
     modes = _check_modes(modes)
-    if freeze is not None:
-        check_unit_names(model, freeze)
-        if depths is not None:
-            raise ValueError("give either freeze= (one set of units) or depths= (a sweep), "
-                             "not both")
+    if frozen is not None:
+        check_unit_names(model, frozen)
+        if freeze_depths is not None:
+            raise ValueError("give either frozen= (one set of units) or freeze_depths= (a "
+                             "sweep), not both")
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise ValueError(f"repeats must be a positive int or None (adaptive), got {repeats!r}")
     memory_optimizer = _memory_optimizer(memory)
@@ -145,57 +129,60 @@ def profile_freezing(
     loss = make_loss_fn(loss_fn, target)
     with preserved_state(model), on_device(model, device):
         order = execution_order(model, example_input)
-        plans = _plans(order, modes, depths, freeze)
-        distinct = list({tuple(frozen): frozen for _, _, frozen in plans}.values())
-        costs, memory_costs = {}, {}
-        for frozen in distinct:
-            with exactly_frozen(model, frozen):
-                flops = count_flops(model, example_input, loss)
-                saved = saved_activation_bytes(model, example_input, loss)
-            costs[tuple(frozen)] = {
-                "forward_flops": flops.forward,
-                "backward_flops": flops.backward,
-                "saved_activation_bytes": saved,
-            }
+        plans = _plans(order, modes, freeze_depths, frozen)
+        distinct = list({_key(f): f for _, _, f in plans}.values())
+        costs = {}
+        for chosen in _progress(distinct, progress, "counting"):
+            costs[_key(chosen)] = _count_columns(model, example_input, chosen, order, loss)
             if memory_optimizer is not None:
-                memory_costs[tuple(frozen)] = _memory_columns(
-                    model, example_input, frozen, memory_optimizer, loss, device)
+                costs[_key(chosen)].update(_memory_columns(
+                    model, example_input, chosen, memory_optimizer, loss, device))
+        rounds = _progress(None, progress, "timing rounds", total=repeats or 30)
         timings = interleaved_backward_seconds(
-            model,
-            example_input,
-            distinct,
-            loss,
-            device=device,
-            min_repeats=repeats or 5,
-            max_repeats=repeats or 30,
+            model, example_input, distinct, loss, device=device,
+            min_repeats=repeats or 5, max_repeats=repeats or 30,
+            on_round=None if rounds is None else rounds.update,
         )
-        for frozen, timing in zip(distinct, timings, strict=True):
-            costs[tuple(frozen)]["backward_seconds"] = timing.median
-            costs[tuple(frozen)]["backward_seconds_iqr"] = timing.iqr
-            costs[tuple(frozen)]["backward_seconds_q1"] = timing.q1
-            costs[tuple(frozen)]["backward_seconds_q3"] = timing.q3
-        owned = units(model)
-        total = sum(p.numel() for p in model.parameters())
-        rows = []
-        for mode, depth, frozen in plans:
-            frozen_params = sum(p.numel() for name in frozen for p in owned[name])
-            rows.append(
-                {
-                    "mode": mode,
-                    "depth": depth,
-                    "frozen_units": frozen,
-                    "trainable_params": total - frozen_params,
-                    "frozen_params": frozen_params,
-                    **costs[tuple(frozen)],
-                    **memory_costs.get(tuple(frozen), {}),
-                }
-            )
-    return rows
+        if rounds is not None:
+            rounds.close()
+        for chosen, timing in zip(distinct, timings, strict=True):
+            costs[_key(chosen)].update(
+                backward_seconds=timing.median, backward_seconds_iqr=timing.iqr,
+                backward_seconds_q1=timing.q1, backward_seconds_q3=timing.q3)
+    rows = [{"mode": mode, "freeze_depth": depth, **costs[_key(chosen)]}
+            for mode, depth, chosen in plans]
+    columns = [*PROFILE_COLUMNS, *(MEMORY_COLUMNS if memory_optimizer else ())]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["freeze_depth"] = frame["freeze_depth"].astype("Int64")
+    return frame
+
+
+def _progress(items: Sequence[Any] | None, shown: bool, what: str, total: int | None = None):
+    """A tqdm bar on stderr that appears after 2 s, or the bare items (None) when not shown."""
+    if not shown:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, total=total, delay=2.0, leave=False, file=sys.stderr)
+
+
+def _count_columns(model: nn.Module, example_input: ModelInput, chosen: list[str] | None,
+                   order: list[str], loss: LossFn | None) -> dict[str, Any]:
+    """Frozen units, parameter counts, FLOPs and saved bytes of one freeze."""
+    with frozen_state(model, chosen):
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen_params = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        frozen_units = _fully_frozen(model, order)
+        flops = count_flops(model, example_input, loss)
+        saved = saved_activation_bytes(model, example_input, loss)
+    return {"frozen_units": frozen_units, "trainable_params": trainable,
+            "frozen_params": frozen_params, "forward_flops": flops.forward,
+            "backward_flops": flops.backward, "saved_activation_bytes": saved}
 
 
 def _memory_optimizer(memory: bool | str) -> str | None:
     """The optimizer that `memory=` asks for: None (off), "adam" for True, or the name."""
-    from autograd_cost.memory import OPTIMIZERS
+    from autograd_cost.training import OPTIMIZERS
 
     if memory is False or memory is None:
         return None
@@ -207,7 +194,7 @@ def _memory_optimizer(memory: bool | str) -> str | None:
                      f"got {memory!r}")
 
 
-def _memory_columns(model: nn.Module, example_input: ModelInput, frozen: list[str],
+def _memory_columns(model: nn.Module, example_input: ModelInput, frozen: list[str] | None,
                     optimizer: str, loss: LossFn | None,
                     device: torch.device) -> dict[str, int]:
     """Peak, gradient and optimizer-state bytes of one training step (notebook 07)."""
@@ -215,89 +202,87 @@ def _memory_columns(model: nn.Module, example_input: ModelInput, frozen: list[st
 
     measured = memory_breakdown(model, example_input, frozen=frozen, optimizer=optimizer,
                                 loss_fn=loss, device=device)
-    return {key: getattr(measured, key) for key in MEMORY_KEYS}
+    return {key: getattr(measured, key) for key in MEMORY_COLUMNS}
 
 
-def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add each row's backward time and FLOPs relative to the unfrozen model (notebook 02)."""
-    base = {r["mode"]: r for r in rows if r["depth"] == 0}
-    if "chosen" in {r["mode"] for r in rows} and "unfrozen" in base:
-        base["chosen"] = base["unfrozen"]
-    if set(base) != {r["mode"] for r in rows}:
-        raise ValueError("ratios need a depth-0 (unfrozen) row for every mode")
-    out = []
-    for row in rows:
-        ref = base[row["mode"]]
-        out.append(
-            {
-                **row,
-                "time_ratio": row["backward_seconds"] / ref["backward_seconds"],
-                "flop_ratio": row["backward_flops"] / ref["backward_flops"],
-                "memory_ratio": row["saved_activation_bytes"] / ref["saved_activation_bytes"],
-            }
-        )
+def _baseline_row(frame: pd.DataFrame, mode: str) -> pd.Series:
+    """The row a row of `mode` is compared with: its own depth 0, else the unfrozen model."""
+    own = frame[(frame["mode"] == mode) & (frame["freeze_depth"] == 0)]
+    if mode in FREEZE_MODES and len(own):
+        return own.iloc[0]
+    unfrozen = frame[frame["frozen_params"] == 0]
+    if not len(unfrozen):
+        raise ValueError(f"ratios for mode {mode!r} need a row with nothing frozen; profile "
+                         "with a prefix or suffix sweep from depth 0, or with frozen=[...]")
+    return unfrozen.iloc[0]
+
+
+def with_ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add backward time, FLOPs and saved bytes relative to the unfrozen model (notebook 02).
+
+    Adds time_ratio, flop_ratio and memory_ratio. Each row is compared with the depth-0 row
+    of its own mode; "as_is" and "chosen" rows with a row that has nothing frozen.
+    """
+    out = frame.copy()
+    bases = {mode: _baseline_row(frame, mode) for mode in frame["mode"].unique()}
+    for column, key in (("time_ratio", "backward_seconds"), ("flop_ratio", "backward_flops"),
+                        ("memory_ratio", "saved_activation_bytes")):
+        out[column] = [row[key] / bases[row["mode"]][key] for _, row in frame.iterrows()]
     return out
 
 
-def format_profile(rows: list[dict[str, Any]], timings: bool = True) -> str:
-    """A table of profile rows; timings=False keeps deterministic columns only (notebook 01)."""
-    columns = ["mode", "depth", "trainable", "fwd FLOPs", "bwd FLOPs", "saved bytes"]
-    memory = bool(rows) and all(key in rows[0] for key in MEMORY_KEYS)
-    if memory:
-        columns += ["grad bytes", "state bytes", "peak bytes"]
+DISPLAY_COLUMNS = {
+    "mode": "mode", "freeze_depth": "freeze depth", "trainable_params": "trainable",
+    "forward_flops": "fwd FLOPs", "backward_flops": "bwd FLOPs",
+    "saved_activation_bytes": "saved bytes", "gradients_bytes": "grad bytes",
+    "optimizer_state_bytes": "state bytes", "peak_bytes": "peak bytes",
+}
+
+
+def profile_table(frame: pd.DataFrame, timings: bool = True) -> pd.DataFrame:
+    """The profile for reading: short titles, times in ms; timings=False keeps only the
+    deterministic columns (notebook 01)."""
+    shown = {key: title for key, title in DISPLAY_COLUMNS.items() if key in frame.columns}
+    table = frame[list(shown)].rename(columns=shown)
     if timings:
-        columns += ["bwd ms", "IQR ms"]
-    table = []
-    for r in rows:
-        cells = [
-            r["mode"],
-            str(r["depth"]),
-            f"{r['trainable_params']:,}",
-            f"{r['forward_flops']:,}",
-            f"{r['backward_flops']:,}",
-            f"{r['saved_activation_bytes']:,}",
-        ]
-        if memory:
-            cells += [f"{r[key]:,}" for key in ("gradients_bytes", "optimizer_state_bytes",
-                                               "peak_bytes")]
-        if timings:
-            seconds, iqr = r["backward_seconds"], r["backward_seconds_iqr"]
-            cells += [f"{seconds * 1e3:.2f}", f"{iqr * 1e3:.2f}"]
-        table.append(cells)
-    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
-    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=True)) for row in table]
-    return "\n".join(lines)
+        table = table.assign(**{"bwd ms": (frame["backward_seconds"] * 1e3).round(2),
+                                "IQR ms": (frame["backward_seconds_iqr"] * 1e3).round(2)})
+    return table
 
 
-def plot_profile(rows: list[dict[str, Any]], path: str | None = None, title: str = ""):
-    """Backward time (measured) and FLOPs (predicted) against depth, plus saved memory.
+def _quartile_bars(rows: pd.DataFrame, base: float) -> list[list[float]]:
+    """Error bars from Q1 to Q3 (not centred on the median), relative to `base`."""
+    return [list((rows["backward_seconds"] - rows["backward_seconds_q1"]) / base),
+            list((rows["backward_seconds_q3"] - rows["backward_seconds"]) / base)]
 
-    Taught in notebook 02. Returns the matplotlib figure; saves it when `path` is given.
+
+def plot_profile(frame: pd.DataFrame, path: str | None = None, title: str = ""):
+    """Backward time (measured) and FLOPs (predicted) against freeze depth, plus saved memory.
+
+    Taught in notebook 02. Rows that are not part of a sweep ("as_is", "unfrozen",
+    "chosen") are drawn as bars instead. Returns the matplotlib figure; saves it when `path`
+    is given.
     """
     import matplotlib.pyplot as plt
 
-    ratios = with_ratios(rows)
+    ratios = with_ratios(frame)
     fig, (cost_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    if any(r["mode"] == "chosen" for r in ratios):
-        _plot_chosen(ratios, cost_ax, memory_ax)
+    if not ratios["mode"].isin(FREEZE_MODES).all():
+        _plot_bars(ratios, cost_ax, memory_ax)
         return _finish(fig, path, title)
     for mode, color in zip(FREEZE_MODES, ("tab:blue", "tab:orange"), strict=True):
-        mine = [r for r in ratios if r["mode"] == mode]
-        if not mine:
+        mine = ratios[ratios["mode"] == mode]
+        if mine.empty:
             continue
-        depths = [r["depth"] for r in mine]
-        base = next(r["backward_seconds"] for r in mine if r["depth"] == 0)
-        # Bars span the interquartile range [Q1, Q3], which need not be centred on the median.
-        below = [(r["backward_seconds"] - r["backward_seconds_q1"]) / base for r in mine]
-        above = [(r["backward_seconds_q3"] - r["backward_seconds"]) / base for r in mine]
-        cost_ax.errorbar(depths, [r["time_ratio"] for r in mine], yerr=[below, above],
-                         fmt="o-", color=color, capsize=3, label=f"{mode}: measured time (Q1-Q3)")
-        cost_ax.plot(depths, [r["flop_ratio"] for r in mine], "--", color=color,
+        base = _baseline_row(frame, mode)["backward_seconds"]
+        cost_ax.errorbar(mine["freeze_depth"], mine["time_ratio"],
+                         yerr=_quartile_bars(mine, base), fmt="o-", color=color, capsize=3,
+                         label=f"{mode}: measured time (Q1-Q3)")
+        cost_ax.plot(mine["freeze_depth"], mine["flop_ratio"], "--", color=color,
                      label=f"{mode}: FLOP prediction")
-        memory_ax.plot(depths, [r["saved_activation_bytes"] / 2**20 for r in mine], "o-",
+        memory_ax.plot(mine["freeze_depth"], mine["saved_activation_bytes"] / 2**20, "o-",
                        color=color, label=mode)
-    top = max(1.1, *(1.05 * r["time_ratio"] for r in ratios))
+    top = max(1.1, 1.05 * ratios["time_ratio"].max())
     cost_ax.set(xlabel="frozen units", ylabel="backward cost / unfrozen", ylim=(0, top),
                 title="Backward cost vs freeze depth")
     memory_ax.set(xlabel="frozen units", ylabel="MiB saved for backward",
@@ -307,21 +292,20 @@ def plot_profile(rows: list[dict[str, Any]], path: str | None = None, title: str
     return _finish(fig, path, title)
 
 
-def _plot_chosen(ratios: list[dict[str, Any]], cost_ax, memory_ax) -> None:
-    """Bars for the unfrozen model against one chosen frozen set (`freeze=`)."""
-    labels = ["unfrozen", "chosen set"]
-    base = ratios[0]["backward_seconds"]
-    below = [(r["backward_seconds"] - r["backward_seconds_q1"]) / base for r in ratios]
-    above = [(r["backward_seconds_q3"] - r["backward_seconds"]) / base for r in ratios]
-    positions = range(len(ratios))
-    cost_ax.bar([p - 0.2 for p in positions], [r["time_ratio"] for r in ratios], width=0.4,
-                yerr=[below, above], capsize=4, label="measured time (Q1-Q3)")
-    cost_ax.bar([p + 0.2 for p in positions], [r["flop_ratio"] for r in ratios], width=0.4,
+def _plot_bars(ratios: pd.DataFrame, cost_ax, memory_ax) -> None:
+    """One bar pair per row (measured time, backward FLOPs), for rows outside a sweep."""
+    labels = [m if pd.isna(d) or m in ("unfrozen", "chosen") else f"{m} {d}"
+              for m, d in zip(ratios["mode"], ratios["freeze_depth"], strict=True)]
+    base = _baseline_row(ratios, "chosen")["backward_seconds"]
+    positions = list(range(len(ratios)))
+    cost_ax.bar([p - 0.2 for p in positions], ratios["time_ratio"], width=0.4,
+                yerr=_quartile_bars(ratios, base), capsize=4, label="measured time (Q1-Q3)")
+    cost_ax.bar([p + 0.2 for p in positions], ratios["flop_ratio"], width=0.4,
                 label="backward FLOPs")
-    cost_ax.set(xticks=list(positions), xticklabels=labels, ylabel="backward cost / unfrozen",
-                title="Backward cost of the chosen freeze")
-    memory_ax.bar(list(positions), [r["saved_activation_bytes"] / 2**20 for r in ratios])
-    memory_ax.set(xticks=list(positions), xticklabels=labels, ylabel="MiB saved for backward",
+    cost_ax.set(xticks=positions, xticklabels=labels, ylabel="backward cost / unfrozen",
+                title="Backward cost of each freeze")
+    memory_ax.bar(positions, ratios["saved_activation_bytes"] / 2**20)
+    memory_ax.set(xticks=positions, xticklabels=labels, ylabel="MiB saved for backward",
                   title="Saved activations")
     cost_ax.legend(fontsize=8)
 

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autograd_cost.cost import count_flops, synchronize
+from autograd_cost.core import ModelInput, synchronize
+from autograd_cost.cost import count_flops
 from autograd_cost.data import DigitSplit, batch_order
 from autograd_cost.freezing import (
-    ModelInput,
     check_unit_names,
     exactly_frozen,
     execution_order,
@@ -30,6 +30,7 @@ from autograd_cost.freezing import (
     preserved_state,
     units,
 )
+from autograd_cost.training import remove_from_optimizer
 
 FROZEN_BN_MODES = ("eval", "train")
 TRANSFER_METHODS = ("fine-tune", "freeze", "cache")
@@ -96,24 +97,6 @@ class FreezeSchedule:
 
 
 NO_FREEZING = FreezeSchedule(freeze_start=0.0, freeze_level=0.0)
-
-
-def remove_from_optimizer(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> int:
-    """Take `params` out of every param_group and drop their state; return how many (nb 05)."""
-    doomed = {id(p) for p in params}
-    removed = 0
-    for group in optimizer.param_groups:
-        kept = [p for p in group["params"] if id(p) not in doomed]
-        removed += len(group["params"]) - len(kept)
-        group["params"] = kept
-    for param in params:
-        optimizer.state.pop(param, None)
-    return removed
-
-
-def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Every parameter the optimizer still updates, in param_group order (notebook 05)."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def apply_frozen_bn_mode(model: nn.Module, frozen_bn: str = "eval") -> list[str]:

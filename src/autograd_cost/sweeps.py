@@ -2,47 +2,43 @@
 
 from __future__ import annotations
 
-import csv
-import platform
 import statistics
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from autograd_cost.cost import (
-    Timing,
-    count_flops,
-    flop_counter,
-    interleaved_backward_samples,
+from autograd_cost.core import (
+    LossFn,
+    ModelInput,
+    make_loss_fn,
+    model_loss,
+    on_device,
     pick_device,
-    saved_activation_bytes,
-    summarize_times,
     synchronize,
+    to_device,
 )
+from autograd_cost.cost import count_flops, saved_activation_bytes
 from autograd_cost.freezing import (
     FREEZE_MODES,
-    ModelInput,
     exactly_frozen,
     execution_order,
     freeze_units,
     preserved_state,
+    preserved_values,
     units,
     units_to_freeze,
 )
-from autograd_cost.graph import LossFn, model_loss
 from autograd_cost.models import example_input as course_input
 from autograd_cost.models import mlp
-from autograd_cost.partial import cat_freeze, profile_run
-from autograd_cost.profile import make_loss_fn, on_device, to_device, with_ratios
+from autograd_cost.partial import cat_freeze
+from autograd_cost.profile import with_ratios
+from autograd_cost.timing import Timing, interleaved_backward_samples, summarize_times
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -55,18 +51,6 @@ def sgd_momentum(params: list[nn.Parameter]) -> torch.optim.Optimizer:
 def _check_repeats(repeats: int) -> None:
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-
-
-@contextmanager
-def preserved_values(model: nn.Module) -> Iterator[None]:
-    """Restore every parameter's values on exit, also on error (notebook 02)."""
-    saved = [(p, p.detach().clone()) for p in model.parameters()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for param, copy_ in saved:
-                param.copy_(copy_)
 
 
 @dataclass(frozen=True)
@@ -408,46 +392,6 @@ def format_saved_inputs(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-class _OpLog(TorchDispatchMode):
-    """Counts the calls of every op that is not a view, as dispatched (notebook 02)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[Any] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.calls[func.overloadpacket] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def backward_ops(
-    model: nn.Module,
-    example_input: ModelInput,
-    frozen: Sequence[str] = (),
-    loss_fn: LossFn | None = None,
-) -> dict[str, tuple[int, int | None]]:
-    """Every op the backward runs (views left out): calls and counted FLOPs (notebook 02).
-
-    FLOPs come from cost.flop_counter (FlopCounterMode plus CPU attention); they are None
-    for an op it has no formula for, which it counts as 0. The model is left as it was.
-    """
-    with exactly_frozen(model, list(frozen)):
-        loss = model_loss(model, example_input, loss_fn)
-        if not loss.requires_grad:
-            return {}
-        # The log is outside the counter, so it sees the ops the counter really ran.
-        with _OpLog() as log, flop_counter() as counter:
-            loss.backward()
-    flops = counter.get_flop_counts().get("Global", {})
-    return {
-        str(op).removeprefix("aten."): (
-            calls, flops.get(op, 0) if op in counter.flop_registry else None
-        )
-        for op, calls in log.calls.items()
-    }
-
-
 def format_backward_ops(columns: dict[str, dict[str, tuple[int, int | None]]]) -> str:
     """Backward ops side by side (e.g. unfrozen vs a freeze): calls and MFLOP (notebook 02).
 
@@ -602,30 +546,6 @@ def cat_freeze_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
     return cat_freeze(model, plan)
 
 
-def profile_ops(
-    run: Callable[[], Any], device: torch.device | None = None, steps: int = 10, warmup: int = 3
-):
-    """Run `run` under torch.profiler and return its key averages, for attribution (notebook 02).
-
-    Sort or print the result with `.table(sort_by="self_cpu_time_total", row_limit=10)`.
-    """
-    _check_repeats(steps)
-    return profile_run(run, warmup=warmup, steps=steps, device=device).key_averages()
-
-
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
-              "aten::_convolution", "aten::convolution_backward")
-
-
-def matmul_share(averages: Any, ops: Sequence[str] = MATMUL_OPS) -> float:
-    """Share of profiled self CPU time spent inside matmul and convolution ops (notebook 02)."""
-    total = sum(event.self_cpu_time_total for event in averages)
-    if total <= 0:
-        raise ValueError("the profile recorded no CPU time; run more steps")
-    inside = sum(event.self_cpu_time_total for event in averages if event.key in ops)
-    return inside / total
-
-
 def training_step(
     model: nn.Module,
     example_input: ModelInput,
@@ -648,64 +568,6 @@ def training_step(
             optimizer.step()
 
     return step
-
-
-def machine_metadata(device: str | torch.device | None = None) -> dict[str, str]:
-    """Torch version, device, thread count and CPU that a result was measured on (notebook 02)."""
-    device = pick_device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return {
-        "torch_version": torch.__version__,
-        "device": str(device),
-        "device_name": name or platform.machine(),
-        "threads": str(torch.get_num_threads()),
-        "python": platform.python_version(),
-    }
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) with pyproject.toml (notebook 02)."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file():
-            return folder
-    return here
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return "+".join(str(v) for v in value)
-    return value
-
-
-def write_results(
-    rows: list[dict[str, Any]],
-    name: str,
-    device: str | torch.device | None = None,
-    folder: Path | None = None,
-) -> Path:
-    """Write rows as CSV plus machine metadata columns to results/NAME.csv (notebook 02).
-
-    `folder` defaults to results/ in the project root (git-ignored). Returns the file's path
-    relative to the project root when it lies inside it.
-    """
-    if not rows:
-        raise ValueError("no rows to write")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise ValueError(f"name must be a plain file stem such as 'headline_mlp', got {name!r}")
-    root = project_root()
-    folder = Path(folder) if folder is not None else root / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.csv"
-    meta = machine_metadata(device)
-    columns = list(rows[0]) + [k for k in meta if k not in rows[0]]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**{k: _csv_value(v) for k, v in row.items()}, **meta})
-    resolved = path.resolve()
-    return resolved.relative_to(root) if resolved.is_relative_to(root) else resolved
 
 
 def row_at(rows: list[dict[str, Any]], mode: str, depth: int) -> dict[str, Any]:

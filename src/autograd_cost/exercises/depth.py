@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from autograd_cost.core import ModelInput
 from autograd_cost.exercises import report
-from autograd_cost.freezing import ModelInput, execution_order, units, units_to_freeze
+from autograd_cost.freezing import execution_order, units, units_to_freeze
 from autograd_cost.sweeps import count_flops_under, step_speedup_bound
 
 TOLERANCE = 0.01

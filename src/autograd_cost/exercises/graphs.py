@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from autograd_cost.core import ModelInput, model_loss
 from autograd_cost.cost import count_flops, saved_activation_bytes
 from autograd_cost.exercises import report
-from autograd_cost.freezing import ModelInput, exactly_frozen, execution_order
-from autograd_cost.graph import model_loss, node_counts
+from autograd_cost.freezing import exactly_frozen, execution_order
+from autograd_cost.graph import node_counts
 
 
 def check_node_counts(

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from autograd_cost.core import ModelInput
 from autograd_cost.cost import saved_activation_bytes
 from autograd_cost.exercises import report
-from autograd_cost.freezing import ModelInput, exactly_frozen
+from autograd_cost.freezing import exactly_frozen
 from autograd_cost.memory import estimate_peak, memory_breakdown
 from autograd_cost.models import example_input
 

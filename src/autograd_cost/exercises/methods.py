@@ -8,14 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autograd_cost.cost import optimizer_state_bytes
 from autograd_cost.exercises import report
 from autograd_cost.freezing import preserved_state
-from autograd_cost.methods import (
-    PartlyDetached,
-    freeze,
-    grad_status,
-    optimizer_state_bytes,
-)
+from autograd_cost.methods import PartlyDetached, freeze, grad_status
 
 
 def adam_state_after_freeze(

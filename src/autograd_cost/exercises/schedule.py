@@ -9,12 +9,8 @@ from torch import nn
 
 from autograd_cost.exercises import report
 from autograd_cost.freezing import preserved_state, units
-from autograd_cost.schedule import (
-    FreezeSchedule,
-    ProgressiveFreezing,
-    expected_saving,
-    optimizer_params,
-)
+from autograd_cost.schedule import FreezeSchedule, ProgressiveFreezing, expected_saving
+from autograd_cost.training import optimizer_params
 
 
 def check_frozen_count(

@@ -1,0 +1,1 @@
+"""Chapter helpers: what a notebook needs beyond the instruments, one module per notebook."""
