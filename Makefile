@@ -106,7 +106,16 @@ graphviz:
 	$(call apt_install,graphviz,NO_DOT_HELP); \
 	command -v dot >/dev/null 2>&1 || { echo "$$NO_DOT_HELP" >&2; exit 1; }
 
-setup: $(STAMP) graphviz
+# JupyterLab reads settings overrides from <prefix>/share/jupyter/lab/settings: the course
+# opens without the "get notified about official Jupyter news?" pop-up (a projector shows
+# the course, not a dialog), and without update checks.
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+
+$(LAB_OVERRIDES): tools/jupyterlab_overrides.json | $(STAMP)
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+setup: $(STAMP) graphviz $(LAB_OVERRIDES)
 
 # The browser test drives Debian's Chromium through Playwright (no browser download).
 define NO_CHROMIUM_HELP
