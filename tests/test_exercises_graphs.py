@@ -1,16 +1,18 @@
 """The exercise checkers accept the truth, reject wrong answers, and never print the answer."""
 
+import pytest
 import torch
 
-from autograd_cost import count_flops, mlp, node_counts
-from autograd_cost.core import model_loss
+from autograd_cost import mlp
 from autograd_cost.exercises.graphs import (
     check_backward_flops,
     check_node_counts,
     check_saved_bytes,
     check_units_order,
 )
-from autograd_cost.freezing import exactly_frozen
+
+# mlp(width=8, depth=2) at batch 4: fc1 64 -> 8, fc2 8 -> 8, head 8 -> 10.
+FC1, FC2, HEAD = (2 * 4 * n * m for n, m in ((64, 8), (8, 8), (8, 10)))
 
 
 def setup():
@@ -20,26 +22,32 @@ def setup():
 
 def test_node_counts_checker(capsys):
     model, x = setup()
-    with exactly_frozen(model, ["fc1"]):
-        truth = node_counts(model_loss(model, x))
+    # fc1 frozen and x needs no grad: fc1's Addmm and relu1 record nothing; fc2 and head
+    # keep Addmm, T and two AccumulateGrad each, relu2 its ReluBackward0, the loss its Sum.
+    truth = {"AccumulateGrad": 4, "AddmmBackward0": 2, "ReluBackward0": 1,
+             "SumBackward0": 1, "TBackward0": 2}
     assert check_node_counts(truth, model, x, ["fc1"])
     wrong = {**truth, "TBackward0": truth["TBackward0"] + 1}
     assert not check_node_counts(wrong, model, x, ["fc1"])
     out = capsys.readouterr().out
-    assert "✅ Correct" in out and "TBackward0 is too high" in out
+    assert "✅ Correct: 10 nodes" in out and "TBackward0 is too high" in out
     assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(TypeError, match="answer must be an int"):
+        check_node_counts({"TBackward0": 2.5}, model, x, ["fc1"])
 
 
 def test_backward_flops_checker_spots_a_factor_of_two(capsys):
     model, x = setup()
-    with exactly_frozen(model, ["head"]):
-        truth = count_flops(model, x).backward
-    assert check_backward_flops(truth, model, x, ["head"])
+    truth = FC1 + FC2 + FC2 + HEAD  # head frozen: weight grads of fc1, fc2; input grads
+    assert check_backward_flops(truth, model, x, ["head"])  # of fc2 and head
     assert not check_backward_flops(truth // 2, model, x, ["head"])
     assert not check_backward_flops(truth + 1, model, x, ["head"])
     out = capsys.readouterr().out
+    assert f"✅ Correct: {truth:,} backward FLOPs." in out
     assert "factor of 2" in out and "too high" in out
     assert str(truth + 1) not in out.split("✅")[-1]
+    with pytest.raises(TypeError, match="answer must be an int"):
+        check_backward_flops(float(truth), model, x, ["head"])
 
 
 def test_saved_bytes_checker(capsys):

@@ -13,7 +13,7 @@ from autograd_cost.memory import estimate_peak, memory_breakdown
 from autograd_cost.memory_timeline import (
     CATEGORIES,
     PHASES,
-    format_breakdown,
+    breakdown_table,
     memory_profile,
     memory_timeline,
     plot_memory_breakdown,
@@ -215,8 +215,10 @@ def test_bad_input_says_what_is_valid():
         resolve_optimizer(3)
     with pytest.raises(ValueError, match=r"must return a torch\.optim\.Optimizer"):
         memory_breakdown(model, x, optimizer=lambda params: "adam")
-    with pytest.raises(ValueError, match=r"not the string 'fc1'.*valid units"):
+    with pytest.raises(TypeError, match=r"not the string 'fc1'"):
         memory_breakdown(model, x, frozen="fc1")
+    with pytest.raises(TypeError, match=r"not the string 'fc1'"):
+        estimate_peak(model, x, frozen="fc1")
     with pytest.raises(ValueError, match="unknown unit"):
         memory_breakdown(model, x, frozen=["fc9"])
     with pytest.raises(ValueError, match="has no parameters"):
@@ -299,11 +301,17 @@ def test_table_and_plots():
     model, x = tiny("mlp")
     results = {"unfrozen": memory_breakdown(model, x, optimizer="sgd"),
                "prefix 2": memory_breakdown(model, x, frozen=["fc1", "fc2"], optimizer="sgd")}
-    table = format_breakdown(results)
-    lines = table.splitlines()
-    assert lines[0].split()[:3] == ["setting", "trainable", "params"]
-    assert f"{results['unfrozen'].peak_bytes:,}" in lines[1]
-    assert lines[2].startswith("prefix 2")
+    table = breakdown_table(results)
+    assert list(table.index) == ["unfrozen", "prefix 2"] and table.index.name == "setting"
+    assert list(table.columns) == ["trainable", "params", "grads", "optim state", "saved act",
+                                   "temporary", "other", "peak", "peak in"]
+    n_params = sum(p.numel() for p in model.parameters())
+    frozen = sum(p.numel() for p in [*model.fc1.parameters(), *model.fc2.parameters()])
+    assert table["trainable"].tolist() == [n_params, n_params - frozen]  # counted by hand
+    assert table["grads"].tolist() == [FLOAT32 * n_params, FLOAT32 * (n_params - frozen)]
+    assert table["peak"].tolist() == [r.peak_bytes for r in results.values()]
+    assert table["peak in"].tolist() == ["backward", "backward"]  # SGD: no optimizer state
+    assert str(table) == str(breakdown_table(results))  # a plain, deterministic repr
     fig = plot_memory_breakdown(results)
     assert len(fig.axes[0].patches) >= 2
     fig = plot_memory_timeline(results)
@@ -313,7 +321,7 @@ def test_table_and_plots():
     with pytest.raises(ValueError, match="columns must be a positive int"):
         plot_memory_timeline(results, columns=0)
     with pytest.raises(ValueError, match="at least one"):
-        format_breakdown({})
+        breakdown_table({})
     with pytest.raises(ValueError, match="not a MemoryTimeline"):
         plot_memory_timeline({"x": 3})
 
@@ -358,23 +366,28 @@ def test_estimate_within_ten_percent_where_one_phase_dominates(batch, optimizer)
 
 
 def test_profile_freezing_memory_option_adds_measured_columns():
-    from autograd_cost.profile import MEMORY_KEYS, ROW_KEYS, format_profile, profile_freezing
+    from autograd_cost.profile import (
+        MEMORY_COLUMNS,
+        PROFILE_COLUMNS,
+        profile_freezing,
+        profile_table,
+    )
 
     model, x = tiny("mlp")
     plain = profile_freezing(model, x, repeats=1, modes=["prefix"])
-    assert [tuple(r) for r in plain] == [ROW_KEYS] * len(plain)
-    assert "peak bytes" not in format_profile(plain)
+    assert list(plain.columns) == list(PROFILE_COLUMNS)
+    assert "peak bytes" not in profile_table(plain).columns
     rows = profile_freezing(model, x, repeats=1, modes=["prefix"], memory=True)
-    assert [tuple(r) for r in rows] == [ROW_KEYS + MEMORY_KEYS] * len(rows)
+    assert list(rows.columns) == [*PROFILE_COLUMNS, *MEMORY_COLUMNS]
     order = execution_order(model, x)
-    for row in rows:
-        measured = memory_breakdown(model, x, frozen=prefix_units(order, row["depth"]))
+    for _, row in rows.iterrows():
+        measured = memory_breakdown(model, x, frozen=prefix_units(order, row["freeze_depth"]))
         assert row["gradients_bytes"] == FLOAT32 * row["trainable_params"]
         assert (row["peak_bytes"], row["optimizer_state_bytes"]) == (
             measured.peak_bytes, measured.optimizer_state_bytes)
-    sgd = profile_freezing(model, x, repeats=1, freeze=["fc1"], memory="sgd")
-    assert [r["optimizer_state_bytes"] for r in sgd] == [0, 0]
-    assert "peak bytes" in format_profile(sgd, timings=False)
+    sgd = profile_freezing(model, x, repeats=1, frozen=["fc1"], memory="sgd")
+    assert sgd["optimizer_state_bytes"].tolist() == [0, 0]
+    assert "peak bytes" in profile_table(sgd, timings=False).columns
     with pytest.raises(ValueError, match=r"memory must be False, True \(Adam\) or one of"):
         profile_freezing(model, x, repeats=1, memory="lion")
 
@@ -388,7 +401,7 @@ def test_cli_memory_flag(capsys):
                  "--repeats", "1", "--mode", "prefix", "--memory", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(r["optimizer_state_bytes"] == 2 * FLOAT32 * r["trainable_params"]
-               + FLOAT32 * 2 * (3 - r["depth"]) for r in rows)  # two tensors per trainable unit
+               + FLOAT32 * 2 * (3 - r["freeze_depth"]) for r in rows)  # two tensors per trainable unit
     assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "2", "--batch", "4",
                  "--repeats", "1", "--mode", "suffix", "--memory", "sgd"]) == 0
     assert "peak bytes" in capsys.readouterr().out

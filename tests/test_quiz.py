@@ -30,10 +30,13 @@ def test_misses_point_to_the_teaching_notebook_without_the_answer(capsys):
 
 
 def test_bad_answers_raise():
-    with pytest.raises(ValueError, match=r"valid are \[1, 2, 3, 4, 5, 6, 7, 8\]"):
+    with pytest.raises(ValueError, match=r"question number 9; valid values are \[1, 2, 3, 4, 5, "
+                                         r"6, 7, 8\]"):
         check_quiz({9: "a"})
-    with pytest.raises(ValueError, match=r"Q1: answer 'z' is not one of \['a', 'b', 'c'\]"):
+    with pytest.raises(ValueError, match=r"answer to Q1 'z'; valid values are \['a', 'b', 'c'\]"):
         check_quiz({1: "z"})
+    with pytest.raises(ValueError, match=r"answer to Q7 'c'; valid values are \['a', 'b'\]"):
+        check_quiz({7: "C"})  # letters are case-insensitive, but must be one of Q7's
 
 
 def test_show_quiz_prints_every_question(capsys):

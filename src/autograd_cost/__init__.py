@@ -25,10 +25,8 @@ from autograd_cost.freezing import (
 )
 from autograd_cost.graph import (
     backward_nodes,
-    count_table,
     draw_freeze,
     draw_graph,
-    format_nodes,
     node_counts,
     removed_nodes,
 )
@@ -44,13 +42,11 @@ __all__ = [
     "backward_seconds",
     "build_model",
     "count_flops",
-    "count_table",
     "default_loss",
     "draw_freeze",
     "draw_graph",
     "example_input",
     "execution_order",
-    "format_nodes",
     "forward_flops",
     "freeze_prefix",
     "freeze_suffix",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from autograd_cost.core import ModelInput
 from autograd_cost.cost import count_flops, saved_activation_bytes
-from autograd_cost.freezing import FREEZE_MODES, exactly_frozen, execution_order, units_to_freeze
+from autograd_cost.freezing import FREEZE_MODES, execution_order, units_to_freeze
 from autograd_cost.graph import GraphPicture, draw_freeze
 from autograd_cost.timing import backward_seconds
 
@@ -18,10 +17,10 @@ PROJECTOR_FONT = {"font.size": 16, "axes.titlesize": 18, "axes.labelsize": 16}
 
 @dataclass(frozen=True)
 class DepthSnapshot:
-    """What freezing `depth` units costs, relative to the unfrozen model (notebook 01)."""
+    """What freezing `freeze_depth` units costs, beside the unfrozen model (notebook 01)."""
 
     mode: str
-    depth: int
+    freeze_depth: int
     frozen_units: list[str]
     backward_flops: int
     unfrozen_backward_flops: int
@@ -33,33 +32,28 @@ class DepthSnapshot:
         byte_share = self.saved_bytes / self.unfrozen_saved_bytes
         frozen = ", ".join(self.frozen_units) or "nothing"
         return (
-            f"{self.mode} depth {self.depth} (frozen: {frozen})\n"
+            f"{self.mode} freeze depth {self.freeze_depth} (frozen: {frozen})\n"
             f"  backward FLOPs {self.backward_flops:,} = {flop_share:.0%} of unfrozen\n"
             f"  saved for backward {self.saved_bytes:,} bytes = {byte_share:.0%} of unfrozen"
         )
 
 
-def _costs(model: nn.Module, example_input: ModelInput, names: Sequence[str]) -> tuple[int, int]:
-    with exactly_frozen(model, names):
-        return (
-            count_flops(model, example_input).backward,
-            saved_activation_bytes(model, example_input),
-        )
-
-
 def depth_snapshot(
-    model: nn.Module, example_input: ModelInput, depth: int, mode: str = "prefix"
+    model: nn.Module, example_input: ModelInput, freeze_depth: int, mode: str = "prefix"
 ) -> DepthSnapshot:
-    """Backward FLOPs and saved bytes at one depth, beside the unfrozen ones (notebook 01)."""
-    names = units_to_freeze(execution_order(model, example_input), mode, depth)
-    flops, saved = _costs(model, example_input, names)
-    base_flops, base_saved = _costs(model, example_input, [])
-    return DepthSnapshot(mode, depth, names, flops, base_flops, saved, base_saved)
+    """Backward FLOPs and saved bytes at one freeze depth, beside the unfrozen ones."""
+    names = units_to_freeze(execution_order(model, example_input), mode, freeze_depth)
+    return DepthSnapshot(
+        mode, freeze_depth, names,
+        count_flops(model, example_input, frozen=names).backward,
+        count_flops(model, example_input, frozen=[]).backward,
+        saved_activation_bytes(model, example_input, frozen=names),
+        saved_activation_bytes(model, example_input, frozen=[]),
+    )
 
 
-def _time_ms(model: nn.Module, example_input: ModelInput, names: Sequence[str]) -> float:
-    with exactly_frozen(model, names):
-        return backward_seconds(model, example_input, max_seconds=0.2).median * 1e3
+def _backward_ms(model: nn.Module, example_input: ModelInput, names: list[str]) -> float:
+    return backward_seconds(model, example_input, max_seconds=0.2, frozen=names).median * 1e3
 
 
 def cost_bars(snapshot: DepthSnapshot, time_ms: float | None = None, unfrozen_ms: float = 0.0):
@@ -79,17 +73,17 @@ def cost_bars(snapshot: DepthSnapshot, time_ms: float | None = None, unfrozen_ms
         bars = ax.barh(labels, values, color=["tab:blue", "tab:green", "tab:orange"][: len(values)])
         ax.bar_label(bars, fmt="%.0f%%", padding=4)
         ax.set(xlim=(0, 125), xlabel="% of the unfrozen model",
-               title=f"{snapshot.mode} freeze, depth {snapshot.depth}")
+               title=f"{snapshot.mode} freeze, freeze depth {snapshot.freeze_depth}")
         ax.invert_yaxis()
         fig.tight_layout()
     return fig
 
 
 def show_depth(
-    model: nn.Module, example_input: ModelInput, depth: int, mode: str = "prefix"
+    model: nn.Module, example_input: ModelInput, freeze_depth: int, mode: str = "prefix"
 ) -> tuple[GraphPicture, DepthSnapshot]:
     """The demo's non-interactive path: the marked graph and cost snapshot (notebook 01)."""
-    snapshot = depth_snapshot(model, example_input, depth, mode)
+    snapshot = depth_snapshot(model, example_input, freeze_depth, mode)
     return draw_freeze(model, example_input, snapshot.frozen_units), snapshot
 
 
@@ -99,22 +93,24 @@ def freeze_depth_slider(model: nn.Module, example_input: ModelInput):
     import matplotlib.pyplot as plt
 
     order = execution_order(model, example_input)
-    depth = widgets.IntSlider(value=0, min=0, max=len(order), description="frozen units",
-                              continuous_update=False, style={"description_width": "initial"})
+    freeze_depth = widgets.IntSlider(value=0, min=0, max=len(order), description="frozen units",
+                                     continuous_update=False,
+                                     style={"description_width": "initial"})
     mode = widgets.ToggleButtons(options=list(FREEZE_MODES), description="freeze")
     graph_out, bars_out = widgets.Output(), widgets.Output()
-    unfrozen_ms = _time_ms(model, example_input, [])
+    unfrozen_ms = _backward_ms(model, example_input, [])
 
     def redraw(_change: object = None) -> None:
-        picture, snapshot = show_depth(model, example_input, depth.value, mode.value)
-        time_ms = _time_ms(model, example_input, snapshot.frozen_units)
+        picture, snapshot = show_depth(model, example_input, freeze_depth.value, mode.value)
+        time_ms = _backward_ms(model, example_input, snapshot.frozen_units)
         fig = cost_bars(snapshot, time_ms, unfrozen_ms)
         graph_out.outputs, bars_out.outputs = (), ()
         graph_out.append_display_data(picture)
         bars_out.append_display_data(fig)
         plt.close(fig)
 
-    depth.observe(redraw, names="value")
+    freeze_depth.observe(redraw, names="value")
     mode.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([depth, mode]), widgets.HBox([graph_out, bars_out])])
+    controls, views = widgets.HBox([freeze_depth, mode]), widgets.HBox([graph_out, bars_out])
+    return widgets.VBox([controls, views])

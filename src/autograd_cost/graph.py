@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import graphviz
 
 from autograd_cost.core import LossFn, ModelInput, model_loss
-from autograd_cost.freezing import preserved_state, units
+from autograd_cost.freezing import check_unit_names, preserved_state, units
 
 
 @dataclass(frozen=True)
@@ -69,35 +69,6 @@ def backward_nodes(
         parameter = param_names.get(id(variable)) if variable is not None else None
         nodes.append(BackwardNode(names[id(fn)], type(fn).__name__, parameter, inputs))
     return nodes
-
-
-def format_nodes(nodes: Sequence[BackwardNode]) -> str:
-    """One line per backward node: where it sends gradients, None for a cut edge (notebook 01)."""
-    width = max((len(n.name) for n in nodes), default=0)
-    lines = []
-    for node in nodes:
-        label = f"{node.name} ({node.parameter})" if node.parameter else node.name
-        targets = ", ".join(str(t) for t in node.inputs) or "-"
-        lines.append(f"{label:<{width + 14}} -> {targets}")
-    return "\n".join(lines)
-
-
-def count_table(counts: dict[str, dict[str, int]]) -> str:
-    """Node counts by type, one column per case, with a total row (notebook 01)."""
-    kinds = sorted({kind for case in counts.values() for kind in case})
-    cases = list(counts)
-    width = max(len(k) for k in [*kinds, "node type"])
-    col = max(len(c) for c in cases) + 2
-    header = f"{'node type':<{width}}" + "".join(f"{c:>{col}}" for c in cases)
-
-    def line(label: str, values: list[int]) -> str:
-        return f"{label:<{width}}" + "".join(f"{v:>{col}}" for v in values)
-
-    lines = [header, "-" * len(header)]
-    lines += [line(kind, [counts[c].get(kind, 0) for c in cases]) for kind in kinds]
-    lines.append("-" * len(header))
-    lines.append(line("total", [sum(counts[c].values()) for c in cases]))
-    return "\n".join(lines)
 
 
 def node_counts(output: torch.Tensor) -> dict[str, int]:
@@ -216,9 +187,11 @@ def draw_graph(
     params: dict[str, torch.Tensor] | None = None,
     frozen: Iterable[torch.Tensor] = (),
 ) -> GraphPicture:
-    """Draw the backward graph with torchviz; nodes that freezing `frozen` removes are dashed.
+    """Draw the backward graph with torchviz; nodes freezing removes are dashed (notebook 01).
 
-    Taught in notebook 01. The SVG is byte-for-byte identical on every run.
+    `frozen` lists the parameters to treat as frozen. torchviz and graphviz are imported here,
+    not at module level, so counting never needs the drawing stack. The SVG is byte-for-byte
+    identical on every run.
     """
     frozen = list(frozen)
     fns = _walk(output)
@@ -245,14 +218,12 @@ def draw_freeze(
     frozen_units: Sequence[str],
     loss_fn: LossFn | None = None,
 ) -> GraphPicture:
-    """The unfrozen graph of a model, with the nodes that freezing `frozen_units` removes dashed.
+    """A model's unfrozen graph; what freezing `frozen_units` removes is dashed (notebook 01).
 
-    Taught in notebook 01. The model is left exactly as it was.
+    The model is left exactly as it was.
     """
+    check_unit_names(model, frozen_units)
     owned = units(model)
-    unknown = [name for name in frozen_units if name not in owned]
-    if unknown:
-        raise ValueError(f"unknown unit(s) {unknown}; valid units are {list(owned)}")
     frozen = [p for name in frozen_units for p in owned[name]]
     with preserved_state(model):
         for param in model.parameters():

@@ -25,8 +25,13 @@ from autograd_cost.core import (
     synchronize,
     to_device,
 )
-from autograd_cost.cost import optimizer_state_bytes, saved_activation_bytes, storage_bytes
-from autograd_cost.freezing import exactly_frozen, preserved_state, preserved_values, units
+from autograd_cost.cost import (
+    gradient_bytes,
+    optimizer_state_bytes,
+    saved_activation_bytes,
+    storage_bytes,
+)
+from autograd_cost.freezing import frozen_state, preserved_values, units
 from autograd_cost.memory_timeline import (
     PHASES,
     MemoryTimeline,
@@ -80,7 +85,7 @@ class MemoryBreakdown:
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Run the block on one intra-op thread: temporaries then match on any machine (nb 07)."""
+    """Run the block on one intra-op thread: temporaries match on any machine (notebook 07)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -102,7 +107,7 @@ def _measure(model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None
         training_step(model, example_input, loss_fn, optimizer, phase=profiled_phase)
         synchronize(device)
     counts = {
-        "gradients": storage_bytes([p.grad for p in model.parameters() if p.grad is not None]),
+        "gradients": gradient_bytes(model),
         "optimizer state": 0 if optimizer is None else optimizer_state_bytes(optimizer),
         "cuda peak increase": (None if cuda_start is None
                                else torch.cuda.max_memory_allocated(device) - cuda_start),
@@ -118,14 +123,6 @@ def _cuda_reset_peak(device: torch.device) -> int | None:
     return torch.cuda.memory_allocated(device)
 
 
-def _check_frozen(model: nn.Module, frozen: Sequence[str] | None) -> None:
-    if frozen is None:
-        return
-    if isinstance(frozen, str):
-        raise ValueError(f"frozen must be a list of unit names or None, not the string "
-                         f"{frozen!r}; valid units are {list(units(model))}")
-
-
 def memory_breakdown(
     model: nn.Module,
     example_input: ModelInput,
@@ -135,10 +132,11 @@ def memory_breakdown(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     device: str | torch.device | None = None,
 ) -> MemoryBreakdown:
-    """Measure the memory of one training step: forward, backward, optimizer step (nb 07).
+    """Measure the memory of one training step: forward, backward, optimizer step (notebook 07).
 
-    `frozen=None` measures the model as configured (a PEFT model, say); a list of unit names
-    freezes exactly those units and trains the rest. `optimizer` is "sgd", "sgd-momentum",
+    `frozen` has the one meaning of every instrument (`freezing.frozen_state`): None measures
+    the model as configured (a PEFT model, say); a list of unit names freezes exactly those
+    units and trains the rest. `optimizer` is "sgd", "sgd-momentum",
     "adam", "adamw" or a callable(params) -> Optimizer, given the trainable parameters. A
     warm-up step creates the optimizer state first, so the measured step is a steady one. The
     step runs on one intra-op thread, so peak and temporaries do not depend on the machine's
@@ -149,7 +147,6 @@ def memory_breakdown(
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not units(model):
         raise ValueError(f"{type(model).__name__} has no parameters, so no training step")
-    _check_frozen(model, frozen)
     factory = resolve_optimizer(optimizer)
     device = pick_device(device)
     example_input = to_device(example_input, device)
@@ -187,14 +184,10 @@ def memory_breakdown(
 @contextmanager
 def _measured_model(model: nn.Module, frozen: Sequence[str] | None,
                     device: torch.device) -> Iterator[None]:
-    """On `device` with exactly `frozen` frozen inside; state, values, device restored after."""
-    with on_device(model, device), preserved_state(model), preserved_values(model), \
-            one_thread():
-        if frozen is None:
-            yield
-        else:
-            with exactly_frozen(model, list(frozen)):
-                yield
+    """On `device`, on one thread, `frozen` as in frozen_state; everything restored after."""
+    with on_device(model, device), preserved_values(model), one_thread(), \
+            frozen_state(model, frozen):
+        yield
 
 
 # Optimizer state per trainable parameter, in units of the parameter's element size, and
@@ -278,11 +271,9 @@ def estimate_peak(
                          f"got {optimizer!r}; measure others with memory_breakdown")
     if not isinstance(model, nn.Module) or not units(model):
         raise ValueError("model must be a torch.nn.Module with parameters")
-    _check_frozen(model, frozen)
     loss = make_loss_fn(loss_fn, target)
     per_parameter, step_counter = STATE_PER_PARAMETER[optimizer]
-    configured = preserved_state(model) if frozen is None else exactly_frozen(model, frozen)
-    with configured:
+    with frozen_state(model, frozen):
         params = list(model.parameters())
         trainable = [p for p in params if p.requires_grad]
         largest, saved_inputs = _activation_facts(model, example_input, loss)

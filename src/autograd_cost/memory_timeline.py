@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 from torch.profiler import record_function
 
@@ -70,11 +71,11 @@ class MemoryTimeline:
     phases: tuple[str, ...]
 
     def totals(self) -> list[int]:
-        """Bytes live after each event, all categories together (notebook 07)."""
+        """Bytes live after each event, all categories together."""
         return [sum(row) for row in self.live]
 
     def peak_index(self, phase: str | None = None) -> int:
-        """The first event at which live bytes are highest, in `phase` if given (notebook 07)."""
+        """The first event at which live bytes are highest, in `phase` if given."""
         if phase is not None and phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; valid phases are {list(PHASES)}")
         totals = self.totals()
@@ -90,7 +91,7 @@ class MemoryTimeline:
 
 @contextmanager
 def profiled_phase(name: str) -> Iterator[None]:
-    """Mark a phase of the step (forward, backward, optimizer) in the trace (notebook 07)."""
+    """Mark a phase of the step (forward, backward, optimizer) in the trace."""
     if name not in PHASES:
         raise ValueError(f"unknown phase {name!r}; valid phases are {list(PHASES)}")
     with record_function(_PHASE_PREFIX + name):
@@ -99,7 +100,7 @@ def profiled_phase(name: str) -> Iterator[None]:
 
 @contextmanager
 def memory_profiler_quiet() -> Iterator[None]:
-    """Keep the memory profiler's warnings and log lines out of the caller (notebook 07)."""
+    """Keep the memory profiler's warnings and log lines out of the caller."""
     logger = logging.getLogger(_PROFILER_LOGGER)
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -113,7 +114,7 @@ def memory_profiler_quiet() -> Iterator[None]:
 
 @contextmanager
 def memory_profile(device_type: str = "cpu") -> Iterator[object]:
-    """torch.profiler set up for memory categories, silent on stderr (notebook 07)."""
+    """torch.profiler set up for memory categories, silent on stderr."""
     with memory_profiler_quiet(), quiet_profile(
         device_type, profile_memory=True, record_shapes=True, with_stack=True
     ) as prof:
@@ -138,7 +139,7 @@ def _phase_of(time_ns: int, windows: list[tuple[int, int, str]]) -> str:
 
 
 def memory_timeline(prof: object, device: str | torch.device = "cpu") -> MemoryTimeline:
-    """Replay the profiler's memory events for one device, by category (notebook 07).
+    """Replay the profiler's memory events for one device, by category.
 
     Events are taken one by one in the profiler's order (time, then create before destroy),
     so no two events are merged, unlike the deprecated export that buckets by microsecond.
@@ -205,7 +206,7 @@ COLORS = {
 
 
 def byte_unit(largest: int) -> tuple[int, str]:
-    """(divisor, name) of the unit in which to plot byte counts up to `largest` (notebook 07)."""
+    """(divisor, name) of the unit in which to plot byte counts up to `largest`."""
     if largest >= 2**20:
         return 2**20, "MiB"
     if largest >= 2**10:
@@ -261,38 +262,32 @@ def plot_memory_timeline(timelines: Mapping[str, object], path: str | None = Non
     return fig
 
 
-BREAKDOWN_COLUMNS = (
-    ("trainable", "trainable_params"),
-    ("params", "parameters_bytes"),
-    ("grads", "gradients_bytes"),
-    ("optim state", "optimizer_state_bytes"),
-    ("saved act", "saved_activation_bytes"),
-    ("temporary", "temporary_bytes"),
-    ("other", "other_bytes"),
-    ("peak", "peak_bytes"),
-)
+# The table's columns: MemoryBreakdown field -> column title.
+BREAKDOWN_COLUMNS = {
+    "trainable_params": "trainable",
+    "parameters_bytes": "params",
+    "gradients_bytes": "grads",
+    "optimizer_state_bytes": "optim state",
+    "saved_activation_bytes": "saved act",
+    "temporary_bytes": "temporary",
+    "other_bytes": "other",
+    "peak_bytes": "peak",
+    "peak_phase": "peak in",
+}
 
 
-def format_breakdown(breakdowns: Mapping[str, Any]) -> str:
-    """A table of breakdowns, one row per setting, bytes with thousands separators (nb 07)."""
+def breakdown_table(breakdowns: Mapping[str, Any]) -> pd.DataFrame:
+    """Breakdowns as a DataFrame, one row per setting, counts in bytes (notebook 07)."""
     if not breakdowns:
         raise ValueError("breakdowns must map at least one label to a MemoryBreakdown")
-    header = ["setting", *(name for name, _ in BREAKDOWN_COLUMNS), "peak in"]
-    rows = [[label, *(f"{getattr(b, key):,}" for _, key in BREAKDOWN_COLUMNS), b.peak_phase]
-            for label, b in breakdowns.items()]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = f"{cells[0]:<{widths[0]}}"
-        rest = (f"{c:>{w}}" for c, w in zip(cells[1:-1], widths[1:-1], strict=True))
-        return "  ".join([first, *rest, f"{cells[-1]:<{widths[-1]}}"]).rstrip()
-
-    return "\n".join([line(header), *(line(row) for row in rows)])
+    rows = [{title: getattr(b, key) for key, title in BREAKDOWN_COLUMNS.items()}
+            for b in breakdowns.values()]
+    return pd.DataFrame(rows, index=pd.Index(list(breakdowns), name="setting"))
 
 
 def plot_memory_breakdown(breakdowns: Mapping[str, Any], path: str | None = None,
                           title: str = ""):
-    """One stacked bar per setting: what is live at the step's peak, by category (nb 07)."""
+    """One stacked bar per setting: what is live at the peak, by category (notebook 07)."""
     import matplotlib.pyplot as plt
 
     if not breakdowns:

@@ -8,8 +8,8 @@ from torch import nn
 
 from autograd_cost.core import ModelInput, model_loss
 from autograd_cost.cost import count_flops, saved_activation_bytes
-from autograd_cost.exercises import report
-from autograd_cost.freezing import exactly_frozen, execution_order
+from autograd_cost.exercises import check_answer, report, require_int
+from autograd_cost.freezing import execution_order, frozen_state
 from autograd_cost.graph import node_counts
 
 
@@ -20,7 +20,12 @@ def check_node_counts(
     frozen_units: Sequence[str],
 ) -> bool:
     """Check a predicted count of backward nodes per type after freezing (notebook 01)."""
-    with exactly_frozen(model, frozen_units):
+    if not isinstance(answer, Mapping):
+        raise TypeError(f"answer must be a dict of node type -> count, got "
+                        f"{type(answer).__name__}")
+    for count in answer.values():
+        require_int(count)
+    with frozen_state(model, frozen_units):
         truth = node_counts(model_loss(model, example_input))
     wrong = sorted(k for k in set(truth) | set(answer) if truth.get(k, 0) != answer.get(k, 0))
     if not wrong:
@@ -40,17 +45,14 @@ def check_backward_flops(
     frozen_units: Sequence[str],
 ) -> bool:
     """Check a predicted backward FLOP count for a freeze (notebook 01)."""
-    with exactly_frozen(model, frozen_units):
-        truth = count_flops(model, example_input).backward
-    if answer == truth:
-        return report(True, f"{truth:,} backward FLOPs.", "")
-    if truth and answer in (2 * truth, truth // 2):
-        hint = "off by a factor of 2: a multiply-add counts as 2 FLOPs, each matmul once."
-    else:
-        hint = "too high" if answer > truth else "too low"
-        hint += ": count, per Linear, a weight-gradient matmul if it is trainable and an "
-        hint += "input-gradient matmul if anything before it is trainable."
-    return report(False, "", hint)
+    require_int(answer)
+    truth = count_flops(model, example_input, frozen=frozen_units).backward
+    if truth and answer != truth and answer in (2 * truth, truth // 2):
+        return report(False, "", "off by a factor of 2: a multiply-add counts as 2 FLOPs, "
+                                 "each matmul once.")
+    return check_answer(answer, truth, f"{truth:,} backward FLOPs.",
+                        "count, per Linear, a weight-gradient matmul if it is trainable and an "
+                        "input-gradient matmul if anything before it is trainable.")
 
 
 def check_saved_bytes(
@@ -60,12 +62,10 @@ def check_saved_bytes(
     frozen_units: Sequence[str],
 ) -> bool:
     """Check a predicted number of activation bytes saved for backward (notebook 01)."""
-    with exactly_frozen(model, frozen_units):
-        truth = saved_activation_bytes(model, example_input)
-    if answer == truth:
-        return report(True, f"{truth:,} bytes saved for backward.", "")
-    hint = "too high" if answer > truth else "too low"
-    return report(False, "", hint + ": which tensors does each backward node need to keep?")
+    require_int(answer)
+    truth = saved_activation_bytes(model, example_input, frozen=frozen_units)
+    return check_answer(answer, truth, f"{truth:,} bytes saved for backward.",
+                        "which tensors does each backward node need to keep?")
 
 
 def check_units_order(answer: Sequence[str], model: nn.Module, example_input: ModelInput) -> bool:

@@ -8,8 +8,7 @@ from torch import nn
 
 from autograd_cost.core import ModelInput
 from autograd_cost.cost import saved_activation_bytes
-from autograd_cost.exercises import report
-from autograd_cost.freezing import exactly_frozen
+from autograd_cost.exercises import check_answer, report, require_int
 from autograd_cost.memory import estimate_peak, memory_breakdown
 from autograd_cost.models import example_input
 
@@ -17,29 +16,24 @@ PEAK_TOLERANCE = 0.10
 MAX_BATCH = 1 << 16
 
 
-def _check_int(answer: int) -> None:
-    if isinstance(answer, bool) or not isinstance(answer, int):
-        raise TypeError(f"answer must be an int, got {type(answer).__name__}")
-
-
 def check_state_bytes(answer: int, model: nn.Module, example: ModelInput,
                       frozen: Sequence[str], optimizer: str = "adam") -> bool:
     """Check predicted gradient + optimizer-state bytes of one step, measured (notebook 07)."""
-    _check_int(answer)
+    require_int(answer)
     measured = memory_breakdown(model, example, frozen=frozen, optimizer=optimizer)
     truth = measured.gradients_bytes + measured.optimizer_state_bytes
-    if answer == truth:
-        return report(True, f"{truth:,} bytes of gradients and {optimizer} state.", "")
-    unfrozen = estimate_peak(model, example, frozen=[], optimizer=optimizer)
-    counters = 4 * len(list(model.parameters()))  # at most one step counter per tensor
-    if answer == unfrozen.gradients_bytes + unfrozen.optimizer_state_bytes:
-        hint = "that counts every parameter: frozen ones get no gradient and no state."
-    elif optimizer in ("adam", "adamw") and truth - counters <= answer < truth:
-        hint = "close: Adam also keeps a 4-byte float32 step counter per trainable tensor."
-    else:
-        hint = ("too high" if answer > truth else "too low") + (
-            ": 4 bytes of gradient per trainable parameter, plus what the optimizer keeps.")
-    return report(False, "", hint)
+    if answer != truth:
+        unfrozen = estimate_peak(model, example, frozen=[], optimizer=optimizer)
+        counters = 4 * len(list(model.parameters()))  # at most one step counter per tensor
+        if answer == unfrozen.gradients_bytes + unfrozen.optimizer_state_bytes:
+            return report(False, "", "that counts every parameter: frozen ones get no "
+                                     "gradient and no state.")
+        if optimizer in ("adam", "adamw") and truth - counters <= answer < truth:
+            return report(False, "", "close: Adam also keeps a 4-byte float32 step counter "
+                                     "per trainable tensor.")
+    return check_answer(answer, truth, f"{truth:,} bytes of gradients and {optimizer} state.",
+                        "4 bytes of gradient per trainable parameter, plus what the "
+                        "optimizer keeps.")
 
 
 def crossover_batch(model: nn.Module, optimizer: str = "adam",
@@ -53,8 +47,8 @@ def crossover_batch(model: nn.Module, optimizer: str = "adam",
     fixed = estimate.gradients_bytes + estimate.optimizer_state_bytes
 
     def saved(batch: int) -> int:
-        with exactly_frozen(model, list(frozen)):
-            return saved_activation_bytes(model, example_input(model, batch=batch))
+        return saved_activation_bytes(model, example_input(model, batch=batch),
+                                      frozen=list(frozen))
 
     low, high = 1, 1
     while saved(high) < fixed:
@@ -73,23 +67,19 @@ def crossover_batch(model: nn.Module, optimizer: str = "adam",
 
 def check_crossover_batch(answer: int, model: nn.Module, optimizer: str = "adam") -> bool:
     """Check the predicted batch where saved activations reach grads + state (notebook 07)."""
-    _check_int(answer)
+    require_int(answer)
     truth = crossover_batch(model, optimizer)
-    if answer == truth:
-        return report(True, f"from batch {truth} on, saved activations weigh at least as "
-                            "much as gradients and optimizer state.", "")
-    hint = "too high" if answer > truth else "too low"
-    return report(False, "", hint + ": divide gradient + state bytes by the saved bytes per "
-                                    "sample, and round up.")
+    return check_answer(answer, truth, f"from batch {truth} on, saved activations weigh at "
+                                       "least as much as gradients and optimizer state.",
+                        "divide gradient + state bytes by the saved bytes per sample, and "
+                        "round up.")
 
 
 def check_peak_estimate(answer: int, model: nn.Module, example: ModelInput,
                         frozen: Sequence[str] = (), optimizer: str = "adam") -> bool:
     """Check a predicted peak against the measured one, within 10% (notebook 07)."""
-    _check_int(answer)
+    require_int(answer)
     truth = memory_breakdown(model, example, frozen=list(frozen), optimizer=optimizer).peak_bytes
-    if abs(answer - truth) <= PEAK_TOLERANCE * truth:
-        return report(True, "within 10% of the measured peak.", "")
-    hint = "too high" if answer > truth else "too low"
-    return report(False, "", hint + ": parameters + optimizer state + the larger of the "
-                                    "backward and the optimizer-step terms.")
+    return check_answer(answer, truth, "within 10% of the measured peak.",
+                        "parameters + optimizer state + the larger of the backward and the "
+                        "optimizer-step terms.", tolerance=PEAK_TOLERANCE, relative=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autograd_cost.core import check_choice
 from autograd_cost.exercises import report
 
 
@@ -93,13 +94,9 @@ def show_quiz() -> None:
 
 def check_quiz(answers: dict[int, str]) -> bool:
     """Check quiz answers; for each miss, name the notebook that teaches it (notebook 00)."""
-    unknown = sorted(set(answers) - set(QUESTIONS))
-    if unknown:
-        raise ValueError(f"unknown question number(s) {unknown}; valid are {sorted(QUESTIONS)}")
     for number, letter in answers.items():
-        options = QUESTIONS[number].options
-        if str(letter).lower() not in options:
-            raise ValueError(f"Q{number}: answer {letter!r} is not one of {sorted(options)}")
+        check_choice("question number", number, list(QUESTIONS))
+        check_choice(f"answer to Q{number}", str(letter).lower(), list(QUESTIONS[number].options))
     missed = [n for n in QUESTIONS if str(answers.get(n, "")).lower() != QUESTIONS[n].answer]
     if not missed:
         return report(True, f"all {len(QUESTIONS)} answers right.", "")
