@@ -1,4 +1,4 @@
-"""FLOPs and saved bytes against analytic formulas; timing statistics against known samples."""
+"""FLOPs and bytes against analytic formulas and hand counts (timing: test_timing.py)."""
 
 import pytest
 import torch
@@ -12,15 +12,8 @@ from autograd_cost import (
     mlp,
     saved_activation_bytes,
     small_cnn,
-    time_repeats,
 )
-from autograd_cost.timing import (
-    garbage_collection_paused,
-    interleaved_samples,
-    interleaved_seconds,
-    median_ratio,
-    summarize_times,
-)
+from autograd_cost.cost import gradient_bytes, optimizer_state_bytes, storage_bytes
 
 BATCH, IN, WIDTH, DEPTH, OUT = 8, 64, 32, 3, 10
 SHAPES = [(IN, WIDTH)] + [(WIDTH, WIDTH)] * (DEPTH - 1) + [(WIDTH, OUT)]  # (in, out) per Linear
@@ -120,77 +113,61 @@ def test_suffix_freezing_keeps_every_activation_but_the_frozen_weight_inputs(mod
 
 
 def test_saved_bytes_exclude_parameters_and_batchnorm_buffers():
-    model = small_cnn(channels=2, hidden=4)
+    model = small_cnn(channels=2, hidden=4)  # conv1 1->2, conv2 2->4, fc 64->4, head 4->10
     x = torch.randn(2, 1, 8, 8)
-    total = saved_activation_bytes(model, x)
-    param_bytes = sum(p.numel() * 4 for p in model.parameters())
-    assert total > 0
+    floats = {  # what each backward node keeps, by hand from the shapes (float32, batch 2)
+        "conv1: the input x": 2 * 1 * 8 * 8,
+        "bn1: its input (conv1's output)": 2 * 2 * 8 * 8,
+        "bn1: batch mean and inverse std": 2 + 2,
+        "relu1: its output (also conv2's input, counted once)": 2 * 2 * 8 * 8,
+        "bn2: its input (conv2's output)": 2 * 4 * 8 * 8,
+        "bn2: batch mean and inverse std": 4 + 4,
+        "relu2: its output (also the pool's input)": 2 * 4 * 8 * 8,
+        "fc: its input (the pooled, flattened output)": 2 * 4 * 4 * 4,
+        "relu3: its output (also head's input)": 2 * 4,
+    }
+    pool_indices = 8 * (2 * 4 * 4 * 4)  # max_pool2d keeps int64 indices of the maxima
+    # Neither weights (kept by conv, bn, fc, head) nor BatchNorm's running statistics count.
+    assert saved_activation_bytes(model, x) == 4 * sum(floats.values()) + pool_indices
     model.requires_grad_(False)
     assert saved_activation_bytes(model, x) == 0
-    assert param_bytes > 0
 
 
-def test_summarize_times_median_and_iqr():
-    timing = summarize_times([1.0, 2.0, 3.0, 4.0, 100.0])
-    assert timing.median == 3.0
-    assert timing.iqr == pytest.approx(2.0)
-    assert timing.repeats == 5
-    with pytest.raises(ValueError, match="no timing samples"):
-        summarize_times([])
+def test_frozen_none_counts_as_configured_and_a_list_freezes_exactly_those(model_and_input):
+    model, x, order = model_and_input
+    model.get_submodule(order[0]).requires_grad_(False)  # the user's own freeze
+    configured = [p.requires_grad for p in model.parameters()]
+    assert backward_flops(model, x) == expected_backward([False, True, True, True])
+    assert count_flops(model, x, frozen=None).backward == expected_backward(
+        [False, True, True, True])
+    assert count_flops(model, x, frozen=[order[-1]]).backward == expected_backward(
+        [True, True, True, False])  # exactly the head: the user's fc1 freeze is lifted
+    assert count_flops(model, x, frozen=[]).backward == expected_backward([True] * 4)
+    unfrozen_bytes = 4 * BATCH * (IN + DEPTH * WIDTH)  # x and each ReLU output
+    assert saved_activation_bytes(model, x, frozen=[]) == unfrozen_bytes
+    assert saved_activation_bytes(model, x) == 4 * BATCH * DEPTH * WIDTH  # fc1 keeps no x
+    assert [p.requires_grad for p in model.parameters()] == configured
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="unknown unit"):
+        count_flops(model, x, frozen=["fc9"])
 
 
-def test_time_repeats_stops_early_when_the_spread_is_small():
-    calls = []
-    timing = time_repeats(lambda: calls.append(1), torch.device("cpu"), warmup=2,
-                          min_repeats=5, max_repeats=50, max_seconds=60, tolerance=10.0)
-    assert timing.repeats == 5
-    assert len(calls) == 2 + 5
-
-
-def test_interleaved_samples_run_round_robin_and_time_the_whole_call():
-    calls = []
-    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    samples = interleaved_samples(runs, "cpu", calls_per_sample=3, min_repeats=4, max_repeats=4)
-    assert [len(s) for s in samples.values()] == [4, 4]
-    assert calls == (["a"] * 3 + ["b"] * 3) * 5  # one warm-up round, then 4 timed rounds
-    assert all(t > 0 for s in samples.values() for t in s)
-
-
-def test_runs_that_report_their_own_seconds_are_believed():
-    timings = interleaved_seconds({"a": lambda: 1.0, "b": lambda: 3.0}, warmup_rounds=0,
-                                  min_repeats=3, max_repeats=3)
-    assert (timings["a"].median, timings["b"].median) == (1.0, 3.0)
-    assert timings["b"].iqr == 0.0 and timings["b"].repeats == 3
-
-
-def test_interleaving_stops_early_once_spreads_are_small():
-    samples = interleaved_samples({"a": lambda: 1.0}, min_repeats=5, max_repeats=50)
-    assert len(samples["a"]) == 5
-
-
-def test_median_ratio_pairs_samples_by_round():
-    assert median_ratio({"x": [2.0, 6.0, 3.0], "y": [1.0, 2.0, 3.0]}, "x", "y") == 2.0
-    with pytest.raises(ValueError, match="no samples for"):
-        median_ratio({"x": [1.0]}, "x", "z")
-
-
-def test_interleaving_rejects_bad_options():
-    with pytest.raises(ValueError, match="at least one"):
-        interleaved_samples({})
-    with pytest.raises(ValueError, match="min_repeats <= max_repeats"):
-        interleaved_samples({"a": lambda: 1.0}, min_repeats=5, max_repeats=2)
-
-
-def test_garbage_collection_is_paused_while_timing_and_restored_even_on_error():
-    import gc
-
-    assert gc.isenabled()
-    seen = interleaved_samples({"a": lambda: float(gc.isenabled())}, warmup_rounds=0,
-                               min_repeats=2, max_repeats=2)
-    assert seen["a"] == [0.0, 0.0] and gc.isenabled()
-    with pytest.raises(KeyError), garbage_collection_paused():
-        raise KeyError
-    assert gc.isenabled()
+def test_storage_gradient_and_optimizer_state_bytes():
+    weight = torch.zeros(3, 5)
+    assert storage_bytes([weight, weight[0], weight.t()]) == 3 * 5 * 4  # views count once
+    assert storage_bytes([weight, torch.zeros(2, dtype=torch.float64)]) == 60 + 16
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    assert gradient_bytes(model) == 0  # no .grad yet
+    model[0].requires_grad_(False)
+    model(torch.ones(1, 4)).sum().backward()
+    assert gradient_bytes(model) == 4 * (3 * 2 + 2)  # the second Linear's weight and bias
+    adam = torch.optim.Adam(model[1].parameters())
+    assert optimizer_state_bytes(adam) == 0  # state appears at the first step
+    adam.step()
+    # exp_avg and exp_avg_sq per parameter, plus a float32 step counter per tensor
+    assert optimizer_state_bytes(adam) == 2 * 4 * (3 * 2 + 2) + 4 * 2
+    with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer"):
+        optimizer_state_bytes("adam")
 
 
 def attention_flops(batch: int, heads: int, seq: int, head_dim: int) -> tuple[int, int]:
@@ -232,11 +209,3 @@ def test_tiny_transformer_attention_flops_match_the_analytic_count() -> None:
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
         math_forward = count_flops(model, x).forward  # QK^T and PV as two counted bmm
     assert flops.forward == math_forward
-
-
-def test_summarize_times_gives_quartiles_for_error_bars() -> None:
-    timing = summarize_times([1.0, 2.0, 3.0, 4.0, 10.0])
-    assert (timing.q1, timing.median, timing.q3, timing.iqr) == (2.0, 3.0, 4.0, 2.0)
-    assert timing.error_bar() == (1.0, 1.0)
-    skewed = summarize_times([1.0, 1.0, 1.0, 2.0, 9.0])
-    assert skewed.error_bar() == (0.0, 1.0)

@@ -187,3 +187,28 @@ def test_saved_tensors_leave_the_layer_alone_and_reject_bad_input():
         saved_tensors("layer", torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"floating-point torch\.Tensor"):
         saved_tensors(norm, torch.ones(2, 4, dtype=torch.long))
+
+
+def test_counting_and_the_cli_import_without_the_drawing_stack():
+    import subprocess
+    import sys
+
+    blocked = (
+        "import sys\n"
+        "sys.modules['torchviz'] = None  # None in sys.modules: 'import torchviz' raises\n"
+        "sys.modules['graphviz'] = None\n"
+        "import autograd_cost.cost, autograd_cost.cli, autograd_cost.profile\n"
+        "import autograd_cost.graph as graph\n"
+        "import torch\n"
+        "loss = torch.ones(2, requires_grad=True).sum()\n"
+        "print(graph.node_counts(loss))\n"
+        "try:\n"
+        "    graph.draw_graph(loss)\n"
+        "except ImportError:\n"
+        "    print('drawing needs torchviz')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["{'AccumulateGrad': 1, 'SumBackward0': 1}",
+                                        "drawing needs torchviz"]

@@ -401,7 +401,8 @@ def test_cli_memory_flag(capsys):
                  "--repeats", "1", "--mode", "prefix", "--memory", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(r["optimizer_state_bytes"] == 2 * FLOAT32 * r["trainable_params"]
-               + FLOAT32 * 2 * (3 - r["freeze_depth"]) for r in rows)  # two tensors per trainable unit
+               + FLOAT32 * 2 * (3 - r["freeze_depth"])  # two tensors per trainable unit
+               for r in rows)
     assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "2", "--batch", "4",
                  "--repeats", "1", "--mode", "suffix", "--memory", "sgd"]) == 0
     assert "peak bytes" in capsys.readouterr().out

@@ -87,16 +87,16 @@ def training_step(
                 param.grad.zero_()
     with phase("forward"):
         loss = model_loss(model, example_input, loss_fn)
-    value = loss.detach()
     if not loss.requires_grad:
-        return float(value)
+        return float(loss.detach())
     with phase("backward"):
         loss.backward()
-    del loss
+    value = float(loss.detach())
+    del loss  # no activation (not even the loss) outlives backward into the optimizer step
     if optimizer is not None:
         with phase("optimizer"):
             optimizer.step()
-    return float(value)
+    return value
 
 
 def remove_from_optimizer(optimizer: Optimizer, params: Sequence[torch.Tensor]) -> int:
