@@ -4,6 +4,7 @@
 #   make test          set up .venv, then lint, unit tests and notebook tests (nbval), on the CPU
 #   make test-portable the notebook tests again under other CPU instruction sets and thread counts
 #   make test-cuda     run the notebooks on a GPU, checking their asserts (nbval-lax)
+#   make bench         how well the per-op cost model predicts backward time on this machine
 #   make notebooks     re-execute every notebook in place (fresh kernel), strip volatile metadata
 #   make notebook NB=notebooks/01_which_nodes_exist.ipynb    the same for one notebook
 #   make clean         remove .venv, caches and results/
@@ -33,7 +34,7 @@ PYTHONHASHSEED ?= 0
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup graphviz chromium course test test-notebooks test-portable test-cuda notebooks notebook clean
+.PHONY: help setup graphviz chromium course test test-notebooks test-portable test-cuda bench notebooks notebook clean
 
 # `make test PYTHON=/path/to/python3.13` must really test with that Python: when PYTHON is
 # given and the existing .venv runs another version, the .venv is removed and built anew.
@@ -192,6 +193,12 @@ test-portable: setup
 
 # On a machine with a GPU: every notebook runs on CUDA and its asserts must hold, but its
 # outputs are not compared with the stored CPU reference (--nbval-lax).
+# A benchmark, not a test: run it on a quiet machine. It prints the cost model's calibration
+# constants (twice), its worst error per model against the FLOP-only model's, and the extra
+# time --predict adds to an 8x1024 MLP sweep.
+bench: setup
+	$(PY) -m autograd_cost bench
+
 test-cuda: setup
 	@$(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || { \
 	  echo "error: test-cuda needs a CUDA build of torch and a GPU; torch.cuda.is_available() is False." >&2; \

@@ -210,3 +210,14 @@ def test_freeze_profiles_one_chosen_set_against_unfrozen():
         profile_freezing(model, x, frozen=["fc9"])
     with pytest.raises(ValueError, match="not both"):
         profile_freezing(model, x, frozen=["fc1"], freeze_depths=[1])
+
+
+def test_cli_predict_adds_the_predicted_columns(capsys):
+    assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "1", "--batch", "2",
+                 "--mode", "prefix", "--repeats", "1", "--predict"]) == 0
+    assert "predicted ms" in capsys.readouterr().out
+    assert main(["profile", "--model", "mlp", "--width", "8", "--depth", "1", "--batch", "2",
+                 "--mode", "prefix", "--repeats", "1", "--predict", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["predicted_backward_seconds"] >= 0 for r in rows)
+    assert rows[-1]["predicted_backward_seconds"] == 0.0

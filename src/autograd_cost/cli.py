@@ -108,9 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["sgd", "sgd-momentum", "adam", "adamw"],
         help="also measure one training step's peak, gradient and optimizer-state bytes per "
              "row, with this optimizer (default when given without a name: adam)")
+    profile.add_argument(
+        "--predict", action="store_true",
+        help="also predict each row's backward time with the per-op cost model (compute, "
+             "memory traffic and per-op overhead, calibrated on this machine)")
     profile.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     profile.add_argument("--plot", metavar="FILE.png", default=None,
                          help="save the cost figure")
+    bench = commands.add_parser(
+        "bench", help="benchmark the per-op cost model's predictions on this machine")
+    bench.add_argument("--threads", type=_positive, default=1,
+                       help="intra-op threads while measuring (default 1, as notebook 02)")
+    bench.add_argument("--device", default=None, help="cpu or cuda (default: as pick_device)")
     listing = commands.add_parser(
         "units", help="list the model's units in forward order, with parameter counts")
     _add_model_options(listing)
@@ -156,7 +165,8 @@ def run_profile(args: argparse.Namespace) -> pd.DataFrame:
         if not freeze:
             raise SpecError("--freeze needs at least one unit name; see the `units` command")
     return profile_freezing(model, example, modes=modes, device=device, repeats=args.repeats,
-                            frozen=freeze, memory=args.memory or False, progress=True)
+                            frozen=freeze, memory=args.memory or False, progress=True,
+                            predict=args.predict)
 
 
 def list_units(args: argparse.Namespace) -> FreezeSummary:
@@ -182,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())  # import your own modules from here, as python -m does
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "bench":
+            from autograd_cost.bench import run_bench
+
+            print(run_bench(threads=args.threads, device=str(pick_device(args.device))))
+            return 0
         if args.command == "units":
             summary = list_units(args)
             if args.json:

@@ -45,6 +45,13 @@ MEMORY_COLUMNS = {
     "gradients_bytes": "bytes of parameter .grad tensors after backward",
     "optimizer_state_bytes": "bytes of optimizer state after the step",
 }
+# Added by profile_freezing(predict=True): the per-op cost model (notebook 10).
+PREDICTED_COLUMNS = {
+    "predicted_backward_seconds": "backward seconds the per-op cost model predicts",
+    "predicted_compute_seconds": "its part from compute-bound ops (FLOPs / matmul rate)",
+    "predicted_memory_seconds": "its part from memory-bound ops (bytes / bandwidth)",
+    "predicted_overhead_seconds": "its part from per-op overhead (ops x seconds per op)",
+}
 ROW_MODES = ("as_is", *FREEZE_MODES)
 
 
@@ -95,6 +102,7 @@ def profile_freezing(
     frozen: Sequence[str] | None = None,
     memory: bool | str = False,
     progress: bool = False,
+    predict: bool = False,
 ) -> pd.DataFrame:
     """Backward FLOPs, saved bytes and backward time for each freeze, one row each (notebook 02).
 
@@ -108,6 +116,7 @@ def profile_freezing(
     optimizer name ("sgd", "sgd-momentum", "adam", "adamw") adds MEMORY_COLUMNS from one
     measured training step (`memory.memory_breakdown`). `progress=True` shows tqdm bars on
     stderr once a phase takes over 2 s (the CLI; a notebook keeps stderr empty).
+    `predict=True` adds PREDICTED_COLUMNS from the per-op cost model (`costmodel`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -137,6 +146,9 @@ def profile_freezing(
             if memory_optimizer is not None:
                 costs[_key(chosen)].update(_memory_columns(
                     model, example_input, chosen, memory_optimizer, loss, device))
+            if predict:
+                costs[_key(chosen)].update(_predicted_columns(
+                    model, example_input, chosen, loss, device))
         rounds = _progress(None, progress, "timing rounds", total=repeats or 30)
         timings = interleaved_backward_seconds(
             model, example_input, distinct, loss, device=device,
@@ -151,7 +163,8 @@ def profile_freezing(
                 backward_seconds_q1=timing.q1, backward_seconds_q3=timing.q3)
     rows = [{"mode": mode, "freeze_depth": depth, **costs[_key(chosen)]}
             for mode, depth, chosen in plans]
-    columns = [*PROFILE_COLUMNS, *(MEMORY_COLUMNS if memory_optimizer else ())]
+    columns = [*PROFILE_COLUMNS, *(MEMORY_COLUMNS if memory_optimizer else ()),
+               *(PREDICTED_COLUMNS if predict else ())]
     frame = pd.DataFrame(rows, columns=columns)
     frame["freeze_depth"] = frame["freeze_depth"].astype("Int64")
     return frame
@@ -217,10 +230,23 @@ def _baseline_row(frame: pd.DataFrame, mode: str) -> pd.Series:
     return unfrozen.iloc[0]
 
 
+def _predicted_columns(model: nn.Module, example_input: ModelInput, frozen: list[str] | None,
+                       loss: LossFn | None, device: torch.device) -> dict[str, float]:
+    """The per-op cost model's backward seconds and their split (notebook 10)."""
+    from autograd_cost.costmodel import calibrate, predict_backward_seconds
+
+    predicted = predict_backward_seconds(model, example_input, loss, frozen, calibrate(device))
+    return {"predicted_backward_seconds": predicted.seconds,
+            "predicted_compute_seconds": predicted.compute_seconds,
+            "predicted_memory_seconds": predicted.memory_seconds,
+            "predicted_overhead_seconds": predicted.overhead_seconds}
+
+
 def with_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """Add backward time, FLOPs and saved bytes relative to the unfrozen model (notebook 02).
 
-    Adds time_ratio, flop_ratio and memory_ratio. Each row is compared with the depth-0 row
+    Adds time_ratio, flop_ratio and memory_ratio (and predicted_ratio when the frame has
+    PREDICTED_COLUMNS). Each row is compared with the depth-0 row
     of its own mode; "as_is" and "chosen" rows with a row that has nothing frozen.
     """
     out = frame.copy()
@@ -228,6 +254,10 @@ def with_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     for column, key in (("time_ratio", "backward_seconds"), ("flop_ratio", "backward_flops"),
                         ("memory_ratio", "saved_activation_bytes")):
         out[column] = [row[key] / bases[row["mode"]][key] for _, row in frame.iterrows()]
+    if "predicted_backward_seconds" in frame.columns:
+        key = "predicted_backward_seconds"
+        out["predicted_ratio"] = [row[key] / bases[row["mode"]][key]
+                                  for _, row in frame.iterrows()]
     return out
 
 
@@ -247,6 +277,8 @@ def profile_table(frame: pd.DataFrame, timings: bool = True) -> pd.DataFrame:
     if timings:
         table = table.assign(**{"bwd ms": (frame["backward_seconds"] * 1e3).round(2),
                                 "IQR ms": (frame["backward_seconds_iqr"] * 1e3).round(2)})
+        if "predicted_backward_seconds" in frame.columns:
+            table["predicted ms"] = (frame["predicted_backward_seconds"] * 1e3).round(2)
     return table
 
 
