@@ -52,8 +52,8 @@ def test_no_import_runs_upward_and_no_module_is_too_long(path: Path) -> None:
     for name in imported_modules(path):
         target = name.split(".")[1]
         assert LAYERS[target] <= LAYERS[layer], f"{layer} imports {name}, a higher layer"
-        if layer == target == "chapters":
-            assert False, f"a chapter module imports another chapter module: {name}"
+        assert not layer == target == "chapters", (
+            f"a chapter module imports another chapter module: {name}")
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most about 400)"
 
@@ -93,7 +93,7 @@ def tagged_names() -> list[tuple[str, str, str, str]]:
 
 def test_docstring_tags_have_one_format_and_name_a_notebook_that_uses_the_name() -> None:
     problems = []
-    for module, name, doc, tag in tagged_names():
+    for module, name, _doc, tag in tagged_names():
         where = f"{module}:{name}"
         number = re.search(r"\d+", tag).group(0)
         if not re.fullmatch(r"\(notebook \d\d\)", tag):
