@@ -38,7 +38,7 @@ def check_state_bytes(answer: int, model: nn.Module, example: ModelInput,
 
 def crossover_batch(model: nn.Module, optimizer: str = "adam",
                     frozen: Sequence[str] = ()) -> int:
-    """Smallest batch whose saved activations reach gradients + optimizer state (notebook 07).
+    """Smallest batch whose saved activations reach gradients + optimizer state.
 
     The model must be a course model, so that `example_input` can build any batch.
     """
