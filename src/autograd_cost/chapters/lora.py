@@ -1,4 +1,4 @@
-"""Notebook 08: LoRA as freezing in every layer: the text task, the variants, the training runs."""
+"""Notebook 08: LoRA as freezing in every layer: the text task, the variants, the runs."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class CharTask:
 
 
 def zen_texts() -> tuple[str, str]:
-    """The Zen of Python as CPython ships it, rot13-encoded in `this.s`, and decoded."""
+    """The Zen of Python as CPython ships it, rot13 (`this.s`), and decoded (notebook 08)."""
     with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
         import this
     return this.s, codecs.decode(this.s, "rot13")
@@ -57,7 +57,7 @@ def _windows(codes: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def zen_task(encoded: bool = False, length: int = 32, test_share: float = 0.2) -> CharTask:
-    """Next-character prediction on the Zen of Python; the last `test_share` held out (nb 08).
+    """Next-character prediction on the Zen of Python; the last `test_share` held out (notebook 08).
 
     encoded=True gives the rot13 text that CPython ships (`this.s`), which the base model
     is pretrained on; False the plain Zen, the fine-tuning task. Both share one alphabet.
@@ -105,14 +105,14 @@ def train(model: nn.Module, task: CharTask, steps: int, batch: int = 16, lr: flo
 
 def pretrained_base(task: CharTask, steps: int = 150, dim: int = 64, blocks: int = 2,
                     seed: int = 0) -> TinyTransformer:
-    """The course transformer, trained from seed `seed` on `task`: the base model (nb 08)."""
+    """The course transformer, trained from seed `seed` on `task`: the base model (notebook 08)."""
     model = tiny_transformer(vocab=len(task.alphabet), dim=dim, heads=4, blocks=blocks,
                              max_len=task.train_x.shape[1], seed=seed)
     return train(model, task, steps, seed=seed)
 
 
 class LoRALinear(nn.Module):
-    """A frozen Linear plus a trainable low-rank update B @ A, scaled by alpha / r (nb 08)."""
+    """A frozen Linear plus a trainable update B @ A, scaled by alpha / r (notebook 08)."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
@@ -186,7 +186,7 @@ def full_finetune(base: nn.Module) -> nn.Module:
 
 
 def frozen_prefix(base: nn.Module, example: torch.Tensor, freeze_depth: int) -> nn.Module:
-    """A copy of `base` with its first `freeze_depth` units frozen, in execution order (nb 08)."""
+    """A copy of `base`, its first `freeze_depth` units (execution order) frozen (notebook 08)."""
     model = copy.deepcopy(base)
     set_frozen(model, prefix_units(execution_order(model, example), freeze_depth))
     return model
@@ -200,7 +200,7 @@ def head_only(base: nn.Module) -> nn.Module:
 
 
 def half_prefix_depth(base: TinyTransformer) -> int:
-    """Units of the embeddings and the first half of the blocks: a prefix freeze depth."""
+    """Units of the embeddings and the first half of the blocks (notebook 08)."""
     per_block = len([m for m in base.blocks[0].modules() if list(m.parameters(recurse=False))])
     return 2 + per_block * (len(base.blocks) // 2)
 
@@ -220,14 +220,14 @@ def lora_variants(base: TinyTransformer, example: torch.Tensor, rank: int = 4,
 
 
 def trainable_count(model: nn.Module) -> int:
-    """Parameters with requires_grad=True, as PEFT's print_trainable_parameters counts them."""
+    """Parameters with requires_grad=True, as PEFT counts its trainable ones (notebook 08)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def fine_tune_runs(base: TinyTransformer, task: CharTask, steps: int,
                    seeds: Sequence[int] = (0, 1), rank: int = 4,
                    variants: Sequence[str] = VARIANTS) -> pd.DataFrame:
-    """Fine-tune each variant on `task` for `steps` steps per seed; test accuracy (nb 08).
+    """Fine-tune each variant on `task` for `steps` steps per seed; test accuracy (notebook 08).
 
     The seed sets the batch order and LoRA's initial A. Returns one row per variant and seed.
     """
@@ -243,7 +243,7 @@ def fine_tune_runs(base: TinyTransformer, task: CharTask, steps: int,
 
 
 def plot_tradeoff(summary: pd.DataFrame, costs: Sequence[tuple[str, str]]) -> plt.Figure:
-    """Mean test accuracy (min-max bars) against each named cost column, one panel each (nb 08).
+    """Mean test accuracy (min-max bars) against each named cost column (notebook 08).
 
     `summary` has one row per variant (index) with accuracy_mean, accuracy_min, accuracy_max
     and the cost columns; `costs` pairs a column with its axis label.
@@ -251,7 +251,8 @@ def plot_tradeoff(summary: pd.DataFrame, costs: Sequence[tuple[str, str]]) -> pl
     figure, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 4), squeeze=False)
     for axis, (column, label) in zip(axes[0], costs, strict=True):
         for name, row in summary.iterrows():
-            error = [[row.accuracy_mean - row.accuracy_min], [row.accuracy_max - row.accuracy_mean]]
+            error = [[row.accuracy_mean - row.accuracy_min],
+                     [row.accuracy_max - row.accuracy_mean]]
             axis.errorbar(row[column], row.accuracy_mean, yerr=error, fmt="o", capsize=3)
             axis.annotate(str(name), (row[column], row.accuracy_mean),
                           textcoords="offset points", xytext=(5, 5))

@@ -11,8 +11,8 @@ from autograd_cost.cost import count_flops
 from autograd_cost.exercises import check_answer, report, require_int
 
 
-def lora_layer_backward_flops(in_features: int, out_features: int, rows: int, rank: int) -> int:
-    """Backward FLOPs of a LoRALinear whose input needs a gradient, counted (notebook 08)."""
+def _lora_layer_backward_flops(in_features: int, out_features: int, rows: int, rank: int) -> int:
+    """Backward FLOPs of a LoRALinear whose input needs a gradient, counted."""
     for name, value in (("in_features", in_features), ("out_features", out_features),
                         ("rows", rows), ("rank", rank)):
         check_positive_int(name, value)
@@ -23,9 +23,9 @@ def lora_layer_backward_flops(in_features: int, out_features: int, rows: int, ra
 
 def check_lora_backward_flops(answer: int, in_features: int, out_features: int, rows: int,
                               rank: int) -> bool:
-    """Check predicted backward FLOPs of one LoRA Linear against FlopCounterMode (nb 08)."""
+    """Check predicted backward FLOPs of one LoRA Linear, counted (notebook 08)."""
     require_int(answer)
-    truth = lora_layer_backward_flops(in_features, out_features, rows, rank)
+    truth = _lora_layer_backward_flops(in_features, out_features, rows, rank)
     full = 2 * 2 * rows * in_features * out_features
     if answer == full:
         return report(False, "", "that is a trainable Linear's backward: the frozen weight "
