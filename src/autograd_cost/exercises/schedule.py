@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from autograd_cost.exercises import report
+from autograd_cost.chapters.transfer import FreezeSchedule, ProgressiveFreezing
+from autograd_cost.exercises import check_answer, report, require_int, require_number
 from autograd_cost.freezing import preserved_state, units
-from autograd_cost.schedule import FreezeSchedule, ProgressiveFreezing, expected_saving
 from autograd_cost.training import optimizer_params
 
 
@@ -18,24 +19,29 @@ def check_frozen_count(
 ) -> bool:
     """Check a predicted number of frozen units at `progress` (notebook 05)."""
     truth = schedule.count(progress, num_units)
-    if answer == truth:
-        return report(True, f"{truth} of {num_units} units are frozen at that point.", "")
-    hint = "too high" if answer > truth else "too low"
-    hint += ": the fraction is 0 until freeze_start, then grows linearly to freeze_level at the "
-    hint += "end; multiply by the number of units and round down."
-    return report(False, "", hint)
+    return check_answer(
+        require_int(answer), truth, f"{truth} of {num_units} units are frozen at that point.",
+        "the fraction is 0 until freeze_start, then grows linearly to freeze_level at the end; "
+        "multiply by the number of units and round down.")
 
 
 def schedule_saving(
     schedule: FreezeSchedule, steps: int, backward_by_depth: Sequence[int], forward: int
 ) -> float:
-    """The FLOP-model saving of `schedule` over `steps` steps (notebook 05).
+    """The FLOP-model saving of `schedule` over `steps` steps, a fraction of one step.
 
-    At step i the schedule has frozen `schedule.count(i / steps, units)` units.
+    At step i the schedule has frozen k = `schedule.count(i / steps, units)` units, saving
+    backward_by_depth[0] - backward_by_depth[k] FLOPs; the mean saving is divided by one
+    unfrozen step's FLOPs, forward + backward_by_depth[0].
     """
+    if forward < 0 or not backward_by_depth or min(backward_by_depth) < 0:
+        raise ValueError("FLOP counts must be non-negative and backward_by_depth non-empty")
+    if steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
     num_units = len(backward_by_depth) - 1
     counts = [schedule.count(step / steps, num_units) for step in range(steps)]
-    return expected_saving(backward_by_depth, forward, counts)
+    full = backward_by_depth[0]
+    return statistics.mean(full - backward_by_depth[k] for k in counts) / (forward + full)
 
 
 def check_expected_saving(
@@ -46,16 +52,15 @@ def check_expected_saving(
     forward: int,
     tolerance: float = 0.005,
 ) -> bool:
-    """Check a predicted FLOP-model saving (a fraction of a step) within `tolerance` (nb 05)."""
-    truth = schedule_saving(schedule, steps, backward_by_depth, forward)
-    if abs(answer - truth) <= tolerance:
-        return report(True, "that is the share of a step's FLOPs the schedule saves.", "")
+    """Check a predicted FLOP-model saving, a fraction of one step's FLOPs (notebook 05)."""
+    answer = require_number(answer)
     if answer > 1:
         return report(False, "", "give a fraction between 0 and 1, not a percentage.")
-    hint = "too high" if answer > truth else "too low"
-    hint += ": average, over the steps, the backward FLOPs saved at that step's frozen count, "
-    hint += "then divide by one unfrozen step's forward plus backward FLOPs."
-    return report(False, "", hint)
+    truth = schedule_saving(schedule, steps, backward_by_depth, forward)
+    return check_answer(
+        answer, truth, "that is the share of a step's FLOPs the schedule saves.",
+        "average, over the steps, the backward FLOPs saved at that step's frozen count, then "
+        "divide by one unfrozen step's forward plus backward FLOPs.", tolerance=tolerance)
 
 
 def check_optimizer_units(
