@@ -66,7 +66,7 @@ def backward_ops_table(columns: Mapping[str, Mapping[str, tuple[int, int | None]
 
     Takes {label: ops.backward_ops(...)}. `counted` says whether the FLOP counter has a
     formula for the op; "-" marks an op a column does not run, or FLOPs that are not counted.
-    Counted ops come first, the costliest on top.
+    Counted ops come first, the costliest on top; columns are (label, "calls" or "MFLOP").
     """
     if not columns:
         raise ValueError("columns is empty; pass {label: backward_ops(...)}")
@@ -78,15 +78,17 @@ def backward_ops_table(columns: Mapping[str, Mapping[str, tuple[int, int | None]
         flops = [ops[op][1] or 0 for ops in columns.values() if op in ops]
         return (not counted[op], -max(flops), op)
 
-    rows = []
+    rows = {}
     for op in sorted(names, key=order):
-        row = {"backward op": op, "counted": "yes" if counted[op] else "no"}
+        row = {("counted", ""): "yes" if counted[op] else "no"}
         for label, ops in columns.items():
             calls, flops = ops.get(op, (0, None))
-            row[f"{label} calls"] = calls or "-"
-            row[f"{label} MFLOP"] = f"{flops / 1e6:.1f}" if flops is not None and calls else "-"
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("backward op")
+            row[label, "calls"] = calls or "-"
+            row[label, "MFLOP"] = f"{flops / 1e6:.1f}" if flops is not None and calls else "-"
+        rows[op] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table.rename_axis("backward op")
 
 
 def row_at(frame: pd.DataFrame, mode: str, freeze_depth: int) -> pd.Series:
@@ -140,9 +142,10 @@ def time_flop_gap(frame: pd.DataFrame, timing: str = "median") -> pd.Series:
 
 
 def half_depth_table(profiles: Mapping[str, pd.DataFrame], timings: bool = True) -> pd.DataFrame:
-    """Prefix against suffix at half depth per model; timings=False keeps deterministic columns.
+    """Prefix against suffix at half the freeze depth, per model (notebook 02).
 
-    Taught in notebook 02. FLOP and time columns are ratios to the unfrozen model.
+    FLOP and time columns are ratios to the unfrozen model (`with_ratios`); timings=False
+    keeps only the deterministic columns.
     """
     rows = []
     for name, frame in profiles.items():

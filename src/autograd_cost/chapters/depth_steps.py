@@ -256,7 +256,7 @@ class _CatLinear(nn.Module):
 def cat_freeze_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
     """A copy of `model` with every Linear's first `fraction` of rows frozen via cat (notebook 02).
 
-    The forum question's way to freeze part of a layer (notebook 04 takes it apart). The
+    The forum question's way to freeze part of a layer, taken apart in notebook 04. The
     number of frozen rows is rounded down; the original model is not changed. Autograd still
     computes the gradient of each whole concatenated weight, so no matmul is saved.
     """
@@ -333,8 +333,10 @@ def width_time_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def pays_off_width(frame: pd.DataFrame, fraction: float = 0.8) -> int | None:
-    """Smallest width from which on the measured backward saving reaches `fraction` of the
-    FLOP prediction, or None (notebook 02)."""
+    """The smallest width from which on every backward saving pays off, or None (notebook 02).
+
+    Paying off means the measured backward saving reaches `fraction` of the FLOP prediction.
+    """
     check_number("fraction", fraction, 0, 1)
     if fraction == 0:
         raise ValueError("fraction must lie in (0, 1], got 0")
