@@ -34,7 +34,7 @@ PYTHONHASHSEED ?= 0
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup graphviz chromium course test test-notebooks test-portable test-cuda bench notebooks notebook clean
+.PHONY: help setup graphviz inductor chromium course test test-notebooks test-portable test-cuda bench notebooks notebook clean
 
 # `make test PYTHON=/path/to/python3.13` must really test with that Python: when PYTHON is
 # given and the existing .venv runs another version, the .venv is removed and built anew.
@@ -107,6 +107,25 @@ graphviz:
 	$(call apt_install,graphviz,NO_DOT_HELP); \
 	command -v dot >/dev/null 2>&1 || { echo "$$NO_DOT_HELP" >&2; exit 1; }
 
+# Notebook 09 times torch.compile's Inductor backend, which builds C++ with g++ against the
+# venv Python's headers (Python.h). On Linux, install what is missing (as root or with
+# passwordless sudo) or print the command; never fail: the notebook falls back to aot_eager.
+define NO_INDUCTOR_HELP
+warning: Inductor (torch.compile's default backend) cannot build C++ here; notebook 09 falls
+back to aot_eager. Install a C++ compiler and the Python headers, e.g.:
+  sudo apt-get install -y g++ python3-dev     # Debian / Ubuntu (system Python)
+  (a pyenv/conda Python ships its own headers: reinstall it with them)
+endef
+export NO_INDUCTOR_HELP
+
+inductor: | $(STAMP)
+	@[ "$$(uname -s)" = Linux ] || exit 0; \
+	has_headers() { $(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; }; \
+	if command -v $${CXX:-g++} >/dev/null 2>&1 && has_headers; then exit 0; fi; \
+	echo "Inductor needs a C++ compiler and Python.h; trying to install g++ and python3-dev ..."; \
+	( $(call apt_install,g++ python3-dev,NO_INDUCTOR_HELP) ) || true; \
+	if ! command -v $${CXX:-g++} >/dev/null 2>&1 || ! has_headers; then echo "$$NO_INDUCTOR_HELP" >&2; fi
+
 # JupyterLab reads settings overrides from <prefix>/share/jupyter/lab/settings: the course
 # opens without the "get notified about official Jupyter news?" pop-up (a projector shows
 # the course, not a dialog), and without update checks.
@@ -116,7 +135,7 @@ $(LAB_OVERRIDES): tools/jupyterlab_overrides.json | $(STAMP)
 	@mkdir -p $(dir $@)
 	cp $< $@
 
-setup: $(STAMP) graphviz $(LAB_OVERRIDES)
+setup: $(STAMP) graphviz inductor $(LAB_OVERRIDES)
 
 # The browser test drives Debian's Chromium through Playwright (no browser download).
 define NO_CHROMIUM_HELP

@@ -44,7 +44,7 @@ def speed_backend() -> str:
 
 def run_schedule(forward: Forward, model: nn.Module, example: torch.Tensor,
                  stages: Sequence[Sequence[str]], steps_per_stage: int = 2) -> None:
-    """Freeze exactly `stages[i]` and run forward + backward `steps_per_stage` times (nb 09)."""
+    """Freeze each stage's units, run `steps_per_stage` forward + backward steps (notebook 09)."""
     check_positive_int("steps_per_stage", steps_per_stage)
     for frozen_units in stages:
         set_frozen(model, frozen_units)
