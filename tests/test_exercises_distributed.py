@@ -11,6 +11,7 @@ from autograd_cost.models import mlp
 
 
 def test_allreduce_bytes_truth_against_layer_shapes():
+    # hand count from the shapes: fc3 (128x128 + 128) and the head (128x10 + 10), 4 bytes each
     assert allreduce_bytes_truth(128, 3, 2) == 4 * (128 * 128 + 128 + 128 * 10 + 10)
     assert allreduce_bytes_truth(8, 1, 0) == 4 * sum(p.numel() for p in mlp(8, 1).parameters())
 
