@@ -30,8 +30,8 @@ def schedule_saving(
 ) -> float:
     """The FLOP-model saving of `schedule` over `steps` steps, a fraction of one step.
 
-    At step i the schedule has frozen k = `schedule.count(i / steps, units)` units, saving
-    backward_by_depth[0] - backward_by_depth[k] FLOPs; the mean saving is divided by one
+    At step i the freeze depth is d = `schedule.count(i / steps, units)` units, saving
+    backward_by_depth[0] - backward_by_depth[d] FLOPs; the mean saving is divided by one
     unfrozen step's FLOPs, forward + backward_by_depth[0].
     """
     if forward < 0 or not backward_by_depth or min(backward_by_depth) < 0:
@@ -39,9 +39,9 @@ def schedule_saving(
     if steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     num_units = len(backward_by_depth) - 1
-    counts = [schedule.count(step / steps, num_units) for step in range(steps)]
+    depths = [schedule.count(step / steps, num_units) for step in range(steps)]
     full = backward_by_depth[0]
-    return statistics.mean(full - backward_by_depth[k] for k in counts) / (forward + full)
+    return statistics.mean(full - backward_by_depth[d] for d in depths) / (forward + full)
 
 
 def check_expected_saving(
