@@ -106,12 +106,12 @@ class SurplusCalls:
 
     @property
     def call_share(self) -> float:
-        """The surplus calls' share of all the variant's op calls."""
+        """The surplus calls' share of all the variant's op calls (notebook 04)."""
         return sum(self.counts.values()) / self.variant_calls
 
     @property
     def time_share(self) -> float:
-        """The surplus calls' share of the variant's self CPU time (median per call)."""
+        """The surplus calls' share of the variant's self CPU time, per-op medians (notebook 04)."""
         return sum(self.seconds.values()) / self.variant_seconds
 
 
