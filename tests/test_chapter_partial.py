@@ -23,7 +23,7 @@ from autograd_cost.chapters.partial_hooks import (
     mask_gradients,
     pin_frozen_rows,
 )
-from autograd_cost.chapters.partial_measure import StepTimes, step_memory, surplus_calls
+from autograd_cost.chapters.partial_measure import RoundRobinTimes, step_memory, surplus_calls
 from autograd_cost.cost import count_flops, saved_activation_bytes
 from autograd_cost.ops import profile_run
 from autograd_cost.timing import summarize_times
@@ -335,19 +335,19 @@ def test_builders_and_hooks_reject_bad_input():
 
 
 def test_step_times_table_and_ratios_against_hand_values():
-    times = StepTimes({"plain": [1e-3, 2e-3, 3e-3], "cat": [2e-3, 6e-3, 6e-3]})
+    times = RoundRobinTimes({"plain": [1e-3, 2e-3, 3e-3], "cat": [2e-3, 6e-3, 6e-3]})
     assert times.median("cat") == 6e-3
     assert times.ratio("cat") == pytest.approx(2.0)  # per-round ratios 2, 3, 2: median 2
     table = times.table()
     assert list(table.columns) == ["median", "IQR", "/ plain"]
     assert table.loc["plain", "median"] == "2 ms" and table.loc["cat", "/ plain"] == 2.0
     assert table.loc["plain", "IQR"] == "1 ms"  # quartiles 1.5 ms and 2.5 ms
-    no_baseline = StepTimes({"run": [5e-6]}, baseline=None).table()
+    no_baseline = RoundRobinTimes({"run": [5e-6]}, baseline=None).table()
     assert list(no_baseline.columns) == ["median", "IQR"]
     with pytest.raises(ValueError, match="baseline"):
-        StepTimes({"run": [1.0]})
+        RoundRobinTimes({"run": [1.0]})
     with pytest.raises(ValueError, match="non-empty"):
-        StepTimes({"plain": []})
+        RoundRobinTimes({"plain": []})
 
 
 def test_step_times_plot_draws_medians_quartiles_and_flop_predictions():
@@ -356,8 +356,8 @@ def test_step_times_plot_draws_medians_quartiles_and_flop_predictions():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    small = StepTimes({"plain": [1e-6, 2e-6, 4e-6, 5e-6], "split": [6e-6, 7e-6, 8e-6, 9e-6]})
-    large = StepTimes({"plain": [0.010, 0.012, 0.011], "split": [0.009, 0.010, 0.008]})
+    small = RoundRobinTimes({"plain": [1e-6, 2e-6, 4e-6, 5e-6], "split": [6e-6, 7e-6, 8e-6, 9e-6]})
+    large = RoundRobinTimes({"plain": [0.010, 0.012, 0.011], "split": [0.009, 0.010, 0.008]})
     fig, (left, right) = plt.subplots(1, 2)
     small.plot(left, {"plain": 100, "split": 80}, "small")
     large.plot(right, {"plain": 1000, "split": 600}, "large", legend=False)

@@ -24,7 +24,7 @@ from autograd_cost.training import training_step
 
 
 @dataclass(frozen=True)
-class StepTimes:
+class RoundRobinTimes:
     """Seconds per call of runs sampled in the same rounds, against a baseline (notebook 04).
 
     `samples` is what `timing.interleaved_samples` returns. `ratio(name)` is the median over
