@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autograd_cost.compiled import count_compiles
 from autograd_cost.core import check_positive_int
 from autograd_cost.freezing import set_frozen
 
@@ -35,11 +36,20 @@ def inductor_missing() -> list[str]:
 def speed_backend() -> str:
     """"inductor" when it can build here, else "aot_eager", with a printed reason (notebook 09)."""
     missing = inductor_missing()
-    if not missing:
-        return "inductor"
-    print(f"Inductor cannot build here: missing {' and '.join(missing)}; using aot_eager "
-          "(no speed-up expected). On Linux, `make setup` installs them or prints the command.")
-    return "aot_eager"
+    if missing:
+        print(f"Inductor cannot build here: missing {' and '.join(missing)}; using aot_eager "
+              "(no speed-up expected). On Linux, `make setup` installs them or prints the "
+              "command.")
+        return "aot_eager"
+    try:  # a trial build: e.g. ATEN_CPU_CAPABILITY=default breaks vectorized kernels
+        trial = nn.Sequential(nn.Linear(32, 32), nn.ReLU())
+        with count_compiles(), torch._inductor.config.patch(fx_graph_cache=False):
+            torch.compile(trial, backend="inductor")(torch.randn(16, 32)).sum().backward()
+    except Exception as error:  # any build failure: do not use Inductor
+        print(f"Inductor failed to build a trial kernel ({type(error).__name__}); using "
+              "aot_eager (no speed-up expected).")
+        return "aot_eager"
+    return "inductor"
 
 
 def run_schedule(forward: Forward, model: nn.Module, example: torch.Tensor,
