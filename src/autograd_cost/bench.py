@@ -25,7 +25,7 @@ COURSE_TARGET, OTHER_TARGET, PREDICT_OVERHEAD_TARGET = 0.05, 0.08, 0.30
 
 
 class ResidualBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN plus the input: a ResNet basic block (notebook 10)."""
+    """conv-BN-ReLU-conv-BN plus the input: a ResNet basic block."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -40,7 +40,7 @@ class ResidualBlock(nn.Module):
 
 
 def residual_cnn(channels: int = 16, blocks: int = 2, seed: int = 0) -> nn.Sequential:
-    """A small ResNet-style conv net with BatchNorm for 8x8 digits (notebook 10)."""
+    """A small ResNet-style conv net with BatchNorm for 8x8 digits."""
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
@@ -49,7 +49,7 @@ def residual_cnn(channels: int = 16, blocks: int = 2, seed: int = 0) -> nn.Seque
 
 
 class EncoderClassifier(nn.Module):
-    """Token embedding, PyTorch's nn.TransformerEncoder, mean pool, linear head (notebook 10)."""
+    """Token embedding, PyTorch's nn.TransformerEncoder, mean pool, linear head."""
 
     def __init__(self, vocab: int = 64, dim: int = 64, heads: int = 4, layers: int = 2,
                  seed: int = 0) -> None:
@@ -76,7 +76,7 @@ class BenchModel:
 
 
 def bench_models() -> list[BenchModel]:
-    """The course's three models (notebook 02 sizes) and two unseen families."""
+    """The course's three models, sized as in notebook 02, and two unseen families."""
     return [
         BenchModel("mlp", lambda: mlp(width=512, depth=4),
                    lambda m: example_input(m, batch=128), True),

@@ -32,7 +32,7 @@ GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3
 
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory in the process, so that buffers reused every step do
-    not page-fault anew (notebook 02). Process-wide, so only the CLI's own process does it."""
+    not page-fault anew. Process-wide, so only the CLI's own process does it (README)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -80,7 +80,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the profiler's command line (notebook 02)."""
+    """The argument parser of the profiler's command line."""
     parser = argparse.ArgumentParser(
         prog="python -m autograd_cost",
         description="Measure what freezing layers of a model saves in backward.",
@@ -153,7 +153,7 @@ def model_and_input(args: argparse.Namespace) -> tuple[nn.Module, ModelInput]:
 
 
 def run_profile(args: argparse.Namespace) -> pd.DataFrame:
-    """Profile the model the options describe: a depth sweep or one chosen set (notebook 02)."""
+    """Profile the model the options describe: a depth sweep or one chosen set."""
     model, example = model_and_input(args)
     device = pick_device(args.device)
     modes = ("prefix", "suffix") if args.mode == "both" else (args.mode,)
@@ -170,7 +170,7 @@ def run_profile(args: argparse.Namespace) -> pd.DataFrame:
 
 
 def list_units(args: argparse.Namespace) -> FreezeSummary:
-    """The model's units in forward-execution order, with parameter counts (notebook 01)."""
+    """The model's units in forward-execution order, with parameter counts."""
     model, example = model_and_input(args)
     device = pick_device(args.device)
     with on_device(model, device):
@@ -183,7 +183,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m autograd_cost` and `autograd-cost` (notebook 02).
+    """Entry point of `python -m autograd_cost` and `autograd-cost`.
 
     Bad input (a model that does not import, a callable that fails, an input the model
     rejects, an unknown unit) prints one line on stderr and returns 2, never a traceback.

@@ -44,7 +44,7 @@ def check_choice(name: str, value: object, valid: Sequence[object]) -> object:
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The device to run on: the argument, else $AUTOGRAD_COST_DEVICE, else CUDA if present.
 
-    Taught in notebook 00. `make test` sets AUTOGRAD_COST_DEVICE=cpu, so the stored CPU
+    `make test` sets AUTOGRAD_COST_DEVICE=cpu, so the stored CPU
     outputs are compared on any machine; `make test-cuda` sets it to cuda.
     """
     source = "device argument"
@@ -73,7 +73,7 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
-    """Move a tensor or a tuple of tensors to `device`, refusing anything else (notebook 02)."""
+    """Move a tensor or a tuple of tensors to `device`, refusing anything else."""
     if isinstance(example_input, tuple):
         return tuple(t.to(device) for t in example_input)
     if not isinstance(example_input, torch.Tensor):
@@ -86,7 +86,7 @@ def to_device(example_input: ModelInput, device: torch.device) -> ModelInput:
 
 @contextmanager
 def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """Move the model to `device` inside the block and back after (notebook 02)."""
+    """Move the model to `device` inside the block and back after."""
     home = next(model.parameters()).device
     try:
         yield model.to(device)
@@ -95,7 +95,7 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
 
 
 def run_model(model: nn.Module, example_input: ModelInput) -> torch.Tensor:
-    """Call the model on a tensor or tuple of tensors; clear error if it does not fit (nb 01)."""
+    """Call the model on a tensor or tuple of tensors; clear error if it does not fit."""
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError(
@@ -130,7 +130,7 @@ def model_loss(
 def make_loss_fn(
     loss_fn: Callable[..., torch.Tensor] | None, target: torch.Tensor | None
 ) -> LossFn | None:
-    """Turn (loss_fn, target) into a one-argument loss of the model output (notebook 02).
+    """Turn (loss_fn, target) into a one-argument loss of the model output.
 
     With a target but no loss_fn, integer targets get cross-entropy and float targets MSE.
     """

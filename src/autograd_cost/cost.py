@@ -80,7 +80,7 @@ def forward_flops(
     model: nn.Module, example_input: ModelInput, loss_fn: LossFn | None = None,
     frozen: Sequence[str] | None = None,
 ) -> int:
-    """FLOPs of the forward pass and loss (notebook 01)."""
+    """FLOPs of the forward pass and loss (notebook 02)."""
     return count_flops(model, example_input, loss_fn, frozen).forward
 
 
@@ -132,7 +132,7 @@ def saved_activation_bytes(
 
 
 def storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
-    """Bytes of the distinct storages among `tensors`; views of one storage count once (nb 07)."""
+    """Bytes of the distinct storages among `tensors`; views of one storage count once."""
     sizes: dict[tuple[str, int], int] = {}
     for tensor in tensors:
         sizes[_storage_key(tensor)] = tensor.untyped_storage().nbytes()
@@ -140,12 +140,12 @@ def storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
 
 
 def gradient_bytes(model: nn.Module) -> int:
-    """Bytes held by the parameters' .grad tensors; a None grad costs nothing (notebook 03)."""
+    """Bytes held by the parameters' .grad tensors; a None grad costs nothing (notebook 04)."""
     return storage_bytes([p.grad for p in model.parameters() if p.grad is not None])
 
 
 def optimizer_state_bytes(optimizer: Optimizer) -> int:
-    """Bytes of every tensor in the optimizer's state, step counters included (notebook 03)."""
+    """Bytes of every tensor in the optimizer's state, step counters included (notebook 07)."""
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
     return sum(

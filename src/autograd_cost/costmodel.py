@@ -33,7 +33,7 @@ PHASES = ("forward", "backward")
 
 @dataclass(frozen=True)
 class OpRecord:
-    """One op as dispatched: phase, module, FLOPs and bytes read + written (notebook 10)."""
+    """One op as dispatched: phase, module, FLOPs and bytes read + written."""
 
     op: str
     phase: str
@@ -86,7 +86,7 @@ def record_ops(
     loss_fn: LossFn | None = None,
     frozen: Sequence[str] | None = None,
 ) -> list[OpRecord]:
-    """Every op of one forward and backward, with FLOPs, bytes and module (notebook 10).
+    """Every op of one forward and backward, with FLOPs, bytes and module.
 
     `frozen` as in `cost.count_flops`: None for the model as configured, or exactly these
     units frozen. The model is restored afterwards.
@@ -104,7 +104,7 @@ def record_ops(
 
 @dataclass(frozen=True)
 class MachineConstants:
-    """The cost model's three constants, calibrated on this machine (notebook 10)."""
+    """The cost model's three constants, calibrated on this machine."""
 
     flops_per_second: float
     bytes_per_second: float
@@ -154,7 +154,7 @@ def uncached_calibration(device: str | torch.device | None = None) -> MachineCon
 
 
 def calibrate(device: str | torch.device | None = None) -> MachineConstants:
-    """Time a matmul, an elementwise op and a tiny op; cached for the session (notebook 10).
+    """Time a matmul, an elementwise op and a tiny op; cached for the session.
 
     Micro-benchmarks, not a fit: the matmul rate of a 128x1024 @ 1024x1024 mm, the
     bandwidth of adding two 1 Mi-element float32 tensors (12 MiB moved), and the time of
@@ -165,7 +165,7 @@ def calibrate(device: str | torch.device | None = None) -> MachineConstants:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Predicted seconds of a pass, split into compute, memory traffic and overhead (nb 10)."""
+    """Predicted seconds of a pass, split into compute, memory traffic and overhead."""
 
     compute_seconds: float
     memory_seconds: float
@@ -180,7 +180,7 @@ class Prediction:
 
 def predict_seconds(records: Sequence[OpRecord], constants: MachineConstants,
                     phase: str = "backward") -> Prediction:
-    """Sum of max(FLOPs / rate, bytes / bandwidth) + overhead over one phase (notebook 10)."""
+    """Sum of max(FLOPs / rate, bytes / bandwidth) + overhead over one phase."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; valid phases are {list(PHASES)}")
     compute = memory = 0.0
@@ -202,7 +202,7 @@ def predict_backward_seconds(
     frozen: Sequence[str] | None = None,
     constants: MachineConstants | None = None,
 ) -> Prediction:
-    """Predicted backward seconds of a model under a freeze, from its recorded ops (nb 10)."""
+    """Predicted backward seconds of a model under a freeze, from its recorded ops."""
     device = next(model.parameters()).device
     records = record_ops(model, example_input, loss_fn, frozen)
     return predict_seconds(records, constants or calibrate(device), "backward")

@@ -14,7 +14,7 @@ DIGIT_MAX_INK = 16.0  # load_digits pixels are integers 0..16
 
 @dataclass(frozen=True)
 class DigitSplit:
-    """Train and test images (N, 1, 8, 8) in [0, 1] and their digit labels (notebook 05)."""
+    """Train and test images (N, 1, 8, 8) in [0, 1] and their digit labels."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor

@@ -62,7 +62,7 @@ def execution_order(model: nn.Module, example_input: ModelInput) -> list[str]:
 
 
 def check_unit_names(model: nn.Module, names: Sequence[str]) -> None:
-    """Raise a clear error unless `names` is a list of the model's unit names (notebook 01)."""
+    """Raise a clear error unless `names` is a list of the model's unit names."""
     if isinstance(names, str):
         raise TypeError(f"names must be a list of unit names, not the string {names!r}")
     valid = list(units(model))
@@ -72,7 +72,7 @@ def check_unit_names(model: nn.Module, names: Sequence[str]) -> None:
 
 
 def freeze_units(model: nn.Module, names: Sequence[str]) -> list[str]:
-    """Set requires_grad=False on the parameters that the named units own (notebook 01)."""
+    """Set requires_grad=False on the parameters that the named units own."""
     check_unit_names(model, names)
     owned = units(model)
     for name in names:
@@ -115,7 +115,7 @@ FREEZE_MODES = ("prefix", "suffix")
 
 
 def units_to_freeze(order: Sequence[str], mode: str, depth: int) -> list[str]:
-    """The units that a prefix or suffix freeze of `depth` units covers (notebook 02)."""
+    """The units that a prefix or suffix freeze of `depth` units covers."""
     if mode == "prefix":
         return prefix_units(order, depth)
     if mode == "suffix":
@@ -124,18 +124,18 @@ def units_to_freeze(order: Sequence[str], mode: str, depth: int) -> list[str]:
 
 
 def freeze_prefix(model: nn.Module, depth: int, order: Sequence[str]) -> list[str]:
-    """Freeze the first `depth` units of `order`, the early layers (notebook 01)."""
+    """Freeze the first `depth` units of `order`, the early layers."""
     return freeze_units(model, prefix_units(order, depth))
 
 
 def freeze_suffix(model: nn.Module, depth: int, order: Sequence[str]) -> list[str]:
-    """Freeze the last `depth` units of `order`, the late layers (notebook 01)."""
+    """Freeze the last `depth` units of `order`, the late layers."""
     return freeze_units(model, suffix_units(order, depth))
 
 
 @contextmanager
 def preserved_requires_grad(model: nn.Module) -> Iterator[None]:
-    """Restore every parameter's requires_grad on exit, also on error (notebook 01)."""
+    """Restore every parameter's requires_grad on exit, also on error."""
     saved = [(p, p.requires_grad) for p in model.parameters()]
     try:
         yield
@@ -146,7 +146,7 @@ def preserved_requires_grad(model: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Restore requires_grad, .grad, buffers and train/eval mode on exit (notebook 02).
+    """Restore requires_grad, .grad, buffers and train/eval mode on exit.
 
     Inside the block every .grad starts as None, so backward never adds into the user's grads.
     """
@@ -179,7 +179,7 @@ def frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
 
 @contextmanager
 def exactly_frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]]:
-    """Inside the block exactly the named units are frozen; state restored after (notebook 02)."""
+    """Inside the block exactly the named units are frozen; state restored after."""
     check_unit_names(model, names)
     with preserved_state(model):
         yield set_frozen(model, names)
@@ -187,7 +187,7 @@ def exactly_frozen(model: nn.Module, names: Sequence[str]) -> Iterator[list[str]
 
 @contextmanager
 def frozen_state(model: nn.Module, frozen: Sequence[str] | None) -> Iterator[list[str] | None]:
-    """The one meaning of `frozen` for every instrument, state restored on exit (notebook 02).
+    """The one meaning of `frozen` for every instrument, state restored on exit.
 
     frozen=None measures the model as the user configured it (requires_grad untouched);
     a list of unit names freezes exactly those units and makes the rest trainable.
@@ -204,7 +204,6 @@ def frozen_state(model: nn.Module, frozen: Sequence[str] | None) -> Iterator[lis
 def preserved_values(model: nn.Module) -> Iterator[None]:
     """Restore every parameter's values on exit, also on error: optimizer steps change them.
 
-    Taught in notebook 02.
     """
     saved = [(p, p.detach().clone()) for p in model.parameters()]
     try:

@@ -85,7 +85,7 @@ class MemoryTimeline:
         return max(candidates, key=lambda i: (totals[i], -i))
 
     def at(self, index: int) -> dict[str, int]:
-        """Bytes live by category after event `index` (notebook 07)."""
+        """Bytes live by category after event `index`."""
         return dict(zip(CATEGORIES, self.live[index], strict=True))
 
 

@@ -70,7 +70,7 @@ def small_cnn(
 
 
 class SelfAttention(nn.Module):
-    """Multi-head causal self-attention from one fused qkv projection (notebook 02)."""
+    """Multi-head causal self-attention from one fused qkv projection (notebook 07)."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -89,7 +89,7 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)) (notebook 02)."""
+    """A pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -104,7 +104,7 @@ class Block(nn.Module):
 
 
 class TinyTransformer(nn.Module):
-    """Token and position embeddings, N pre-norm blocks, a final norm and a head (notebook 02)."""
+    """Token and position embeddings, N pre-norm blocks, a final norm and a head."""
 
     def __init__(self, vocab: int, dim: int, heads: int, blocks: int, max_len: int) -> None:
         super().__init__()
@@ -168,7 +168,7 @@ MODEL_BUILDERS = {"mlp": mlp, "cnn": small_cnn, "transformer": tiny_transformer}
 
 
 def build_model(name: str, width: int | None = None, depth: int | None = None) -> nn.Module:
-    """Build a course model by name, with width/depth mapped to each family (notebook 02)."""
+    """Build a course model by name, with width/depth mapped to each family."""
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid models are {sorted(MODEL_BUILDERS)}")
     if name == "mlp":

@@ -108,7 +108,7 @@ def self_time_share(prof: profile, names: Sequence[str]) -> float:
 
 
 class _OpLog(TorchDispatchMode):
-    """Counts the calls of every op that is not a view, as dispatched (notebook 02)."""
+    """Counts the calls of every op that is not a view, as dispatched."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -210,7 +210,7 @@ def _memory_optimizer(memory: bool | str) -> str | None:
 def _memory_columns(model: nn.Module, example_input: ModelInput, frozen: list[str] | None,
                     optimizer: str, loss: LossFn | None,
                     device: torch.device) -> dict[str, int]:
-    """Peak, gradient and optimizer-state bytes of one training step (notebook 07)."""
+    """Peak, gradient and optimizer-state bytes of one training step."""
     from autograd_cost.memory import memory_breakdown
 
     measured = memory_breakdown(model, example_input, frozen=frozen, optimizer=optimizer,
@@ -232,7 +232,7 @@ def _baseline_row(frame: pd.DataFrame, mode: str) -> pd.Series:
 
 def _predicted_columns(model: nn.Module, example_input: ModelInput, frozen: list[str] | None,
                        loss: LossFn | None, device: torch.device) -> dict[str, float]:
-    """The per-op cost model's backward seconds and their split (notebook 10)."""
+    """The per-op cost model's backward seconds and their split."""
     from autograd_cost.costmodel import calibrate, predict_backward_seconds
 
     predicted = predict_backward_seconds(model, example_input, loss, frozen, calibrate(device))
@@ -291,7 +291,7 @@ def _quartile_bars(rows: pd.DataFrame, base: float) -> list[list[float]]:
 def plot_profile(frame: pd.DataFrame, path: str | None = None, title: str = ""):
     """Backward time (measured) and FLOPs (predicted) against freeze depth, plus saved memory.
 
-    Taught in notebook 02. Rows that are not part of a sweep ("as_is", "unfrozen",
+    Rows that are not part of a sweep ("as_is", "unfrozen",
     "chosen") are drawn as bars instead. Returns the matplotlib figure; saves it when `path`
     is given.
     """

@@ -35,7 +35,7 @@ def is_native_log_line(line: str) -> bool:
 
 @contextmanager
 def native_log_filtered() -> Iterator[None]:
-    """Drop Kineto's log lines from fd 2 while the block runs; anything else passes (nb 04)."""
+    """Drop Kineto's log lines from fd 2 while the block runs; anything else passes."""
     sys.stderr.flush()
     saved_fd = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:
@@ -55,7 +55,7 @@ def native_log_filtered() -> Iterator[None]:
 
 
 def profiler_activities(device_type: str = "cpu") -> list[ProfilerActivity]:
-    """CPU, plus CUDA when the device is a GPU: what torch.profiler should record (nb 04)."""
+    """CPU, plus CUDA when the device is a GPU: what torch.profiler should record."""
     activities = [ProfilerActivity.CPU]
     if device_type == "cuda":
         activities.append(ProfilerActivity.CUDA)

@@ -15,7 +15,7 @@ from autograd_cost.core import pick_device
 
 
 def machine_metadata(device: str | torch.device | None = None) -> dict[str, str]:
-    """Torch version, device, thread count and CPU that a result was measured on (notebook 02)."""
+    """Torch version, device, thread count and CPU that a result was measured on."""
     device = pick_device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
@@ -28,7 +28,7 @@ def machine_metadata(device: str | torch.device | None = None) -> dict[str, str]
 
 
 def project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) with pyproject.toml (notebook 02)."""
+    """The nearest folder at or above `start` (default: cwd) with pyproject.toml."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").is_file():
@@ -45,7 +45,7 @@ def _as_dict(row: Any) -> dict[str, Any]:
 
 
 def to_frame(rows: Iterable[Any], columns: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Rows (dicts or dataclasses) as a DataFrame; `columns` picks and renames (notebook 02).
+    """Rows (dicts or dataclasses) as a DataFrame; `columns` picks and renames (notebook 06).
 
     `columns` maps a row key to its column title, in display order. Lists and tuples in a
     cell are shown joined by "+" (e.g. frozen units), so the table prints on one line each.
@@ -98,7 +98,7 @@ def write_results(
 
 
 def format_seconds(seconds: float) -> str:
-    """A time in the unit that suits it: µs, ms or s, three significant digits (notebook 02)."""
+    """A time in the unit that suits it: µs, ms or s, three significant digits."""
     if seconds != seconds or seconds < 0:
         raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
     for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):

@@ -41,7 +41,7 @@ class Timing:
 
 
 def summarize_times(samples: list[float]) -> Timing:
-    """Median and IQR of timing samples (notebook 02)."""
+    """Median and IQR of timing samples (notebook 05)."""
     if not samples:
         raise ValueError("no timing samples to summarize")
     if len(samples) == 1:
@@ -66,7 +66,7 @@ def time_repeats(
     max_seconds: float = 2.0,
     tolerance: float = 0.05,
 ) -> Timing:
-    """Warm up, then time `run` until its IQR is within `tolerance` of the median (notebook 02).
+    """Warm up, then time `run` until its IQR is within `tolerance` of the median.
 
     The round-robin timer `interleaved_samples` with a single run: same stopping rule,
     garbage collector paused, CUDA synchronized.
@@ -88,7 +88,7 @@ def backward_seconds(
 ) -> Timing:
     """Wall time of the backward pass alone: forward untimed, warm-up, median of repeats.
 
-    Taught in notebook 02. `frozen` as in `cost.count_flops`. One freeze set of
+    `frozen` as in `cost.count_flops`. One freeze set of
     `interleaved_backward_samples`.
     """
     samples = interleaved_backward_samples(model, example_input, [frozen], loss_fn, device,
@@ -98,7 +98,7 @@ def backward_seconds(
 
 @contextmanager
 def garbage_collection_paused(collect: bool = True) -> Iterator[None]:
-    """Pause Python's garbage collector while timing, as timeit does (notebook 02).
+    """Pause Python's garbage collector while timing, as timeit does.
 
     collect=False skips the initial gc.collect(), which is slow, when only a collection at a
     random moment must be avoided (memory_breakdown, notebook 07).
@@ -176,7 +176,7 @@ def interleaved_seconds(
     device: torch.device | str = "cpu",
     **options: float,
 ) -> dict[str, Timing]:
-    """Median and IQR per run of `interleaved_samples`, with the same options (notebook 02)."""
+    """Median and IQR per run of `interleaved_samples`, with the same options."""
     return {name: summarize_times(s) for name, s in interleaved_samples(runs, device,
                                                                         **options).items()}
 
@@ -191,7 +191,7 @@ def median_ratio(samples: Mapping[str, list[float]], name: str, baseline: str) -
 
 
 def timed_backward(loss: torch.Tensor, device: torch.device) -> float:
-    """Seconds of `loss.backward()` alone, synchronized on CUDA (notebook 02)."""
+    """Seconds of `loss.backward()` alone, synchronized on CUDA."""
     synchronize(device)
     start = time.perf_counter()
     loss.backward()
@@ -257,7 +257,7 @@ def interleaved_backward_seconds(
     tolerance: float = 0.05,
     on_round: Callable[[], object] | None = None,
 ) -> list[Timing]:
-    """Median and IQR of `interleaved_backward_samples` per freeze set (notebook 02)."""
+    """Median and IQR of `interleaved_backward_samples` per freeze set."""
     samples = interleaved_backward_samples(model, example_input, freeze_sets, loss_fn, device,
                                            min_repeats, max_repeats, max_seconds, tolerance,
                                            on_round)

@@ -25,7 +25,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 
 
 def resolve_optimizer(optimizer: str | OptimizerFactory) -> OptimizerFactory:
-    """The optimizer factory for a name or a callable(params); clear error otherwise (nb 07)."""
+    """The optimizer factory for a name or a callable(params); clear error otherwise."""
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid optimizers are "
@@ -38,14 +38,14 @@ def resolve_optimizer(optimizer: str | OptimizerFactory) -> OptimizerFactory:
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters with requires_grad=True, in model order (notebook 03)."""
+    """The parameters with requires_grad=True, in model order."""
     return [p for p in model.parameters() if p.requires_grad]
 
 
 def make_optimizer(
     model: nn.Module, optimizer: str | OptimizerFactory = "adam"
 ) -> Optimizer | None:
-    """An optimizer over the trainable parameters only, as in fine-tuning; None if none (nb 03)."""
+    """An optimizer over the trainable parameters only, as in fine-tuning; None if none."""
     factory = resolve_optimizer(optimizer)
     params = trainable_parameters(model)
     if not params:
@@ -100,7 +100,7 @@ def training_step(
 
 
 def remove_from_optimizer(optimizer: Optimizer, params: Sequence[torch.Tensor]) -> int:
-    """Take `params` out of every param_group and drop their state; return how many (nb 05)."""
+    """Take `params` out of every param_group and drop their state; return how many."""
     doomed = {id(p) for p in params}
     removed = 0
     for group in optimizer.param_groups:
@@ -113,7 +113,7 @@ def remove_from_optimizer(optimizer: Optimizer, params: Sequence[torch.Tensor]) 
 
 
 def optimizer_params(optimizer: Optimizer) -> list[torch.Tensor]:
-    """Every parameter the optimizer still updates, in param_group order (notebook 05)."""
+    """Every parameter the optimizer still updates, in param_group order."""
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 

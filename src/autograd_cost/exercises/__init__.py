@@ -37,7 +37,7 @@ def check_answer(answer: float, truth: float, success: str, why: str = "",
                  tolerance: float = 0.0, relative: bool = False) -> bool:
     """Report whether `answer` is within `tolerance` of `truth`; else "too high/low: why".
 
-    Taught in notebook 00. `relative=True` makes the tolerance a fraction of `truth`.
+    `relative=True` makes the tolerance a fraction of `truth`.
     """
     allowed = tolerance * abs(truth) if relative else tolerance
     if abs(answer - truth) <= allowed:
