@@ -1,12 +1,14 @@
 """The one timer: round-robin order, stopping rules, freeze sets, statistics; no speeds."""
 
 import gc
+import time
 
 import pytest
 import torch
 
 from autograd_cost import mlp
 from autograd_cost.timing import (
+    Seconds,
     Timing,
     backward_seconds,
     garbage_collection_paused,
@@ -63,7 +65,7 @@ def test_interleaved_samples_run_round_robin_and_time_the_whole_call():
 
 
 def test_runs_that_report_their_own_seconds_are_believed():
-    timings = interleaved_seconds({"a": lambda: 1.0, "b": lambda: 3.0}, warmup_rounds=0,
+    timings = interleaved_seconds({"a": lambda: Seconds(1.0), "b": lambda: Seconds(3.0)}, warmup_rounds=0,
                                   min_repeats=3, max_repeats=3)
     assert (timings["a"].median, timings["b"].median) == (1.0, 3.0)
     assert timings["b"].iqr == 0.0 and timings["b"].repeats == 3
@@ -71,13 +73,13 @@ def test_runs_that_report_their_own_seconds_are_believed():
 
 def test_interleaving_stops_early_once_spreads_are_small_and_reports_each_round():
     rounds = []
-    samples = interleaved_samples({"a": lambda: 1.0}, min_repeats=5, max_repeats=50,
+    samples = interleaved_samples({"a": lambda: Seconds(1.0)}, min_repeats=5, max_repeats=50,
                                   on_round=lambda: rounds.append(1))
     assert len(samples["a"]) == len(rounds) == 5
 
 
 def test_interleaving_stops_at_max_repeats_when_spreads_stay_large():
-    values = iter([1.0, 5.0] * 20)
+    values = iter([Seconds(1.0), Seconds(5.0)] * 20)
     samples = interleaved_samples({"a": lambda: next(values)}, warmup_rounds=0,
                                   min_repeats=2, max_repeats=6, max_seconds=60)
     assert samples["a"] == [1.0, 5.0, 1.0, 5.0, 1.0, 5.0]
@@ -98,7 +100,7 @@ def test_interleaving_rejects_bad_options():
 
 def test_garbage_collection_is_paused_while_timing_and_restored_even_on_error():
     assert gc.isenabled()
-    seen = interleaved_samples({"a": lambda: float(gc.isenabled())}, warmup_rounds=0,
+    seen = interleaved_samples({"a": lambda: Seconds(gc.isenabled())}, warmup_rounds=0,
                                min_repeats=2, max_repeats=2)
     assert seen["a"] == [0.0, 0.0] and gc.isenabled()
     with pytest.raises(KeyError), garbage_collection_paused():
@@ -146,10 +148,20 @@ def test_backward_seconds_takes_the_one_meaning_of_frozen():
 def test_timed_backward_runs_backward_and_thread_seconds_wraps_a_run():
     weight = torch.ones(3, requires_grad=True)
     seconds = timed_backward((weight * 2).sum(), torch.device("cpu"))
-    assert isinstance(seconds, float) and seconds >= 0
+    assert isinstance(seconds, Seconds) and seconds >= 0
     assert torch.equal(weight.grad, torch.full((3,), 2.0))
     calls = []
     timed = thread_seconds(lambda: calls.append(1))
-    assert isinstance(timed(), float) and calls == [1]
+    assert isinstance(timed(), Seconds) and calls == [1]
     samples = interleaved_samples({"a": timed}, warmup_rounds=0, min_repeats=2, max_repeats=2)
     assert len(samples["a"]) == 2 and calls == [1, 1, 1]
+
+
+def test_only_seconds_count_as_a_runs_own_measurement_a_returned_loss_does_not():
+    """A step that returns its loss as a float (training_step does) must still be timed."""
+    slow = interleaved_samples({"loss": lambda: (time.sleep(0.01), 123.0)[1]},
+                               warmup_rounds=0, min_repeats=2, max_repeats=2)
+    assert all(0.009 < s < 5 for s in slow["loss"])  # the sleep, not the 123.0 returned
+    own = interleaved_samples({"own": lambda: Seconds(7.0)}, warmup_rounds=0, min_repeats=2,
+                              max_repeats=2)
+    assert own["own"] == [7.0, 7.0]

@@ -16,6 +16,15 @@ from autograd_cost.core import LossFn, ModelInput, model_loss, synchronize
 from autograd_cost.freezing import frozen_state, set_frozen
 
 
+class Seconds(float):
+    """Seconds a run measured itself (say, a backward whose forward is untimed) (notebook 04).
+
+    `interleaved_samples` takes a run's return value as its sample only when it is a
+    `Seconds`; any other return value (a loss as a float, say) is ignored and the whole call
+    is timed. `timed_backward` and `thread_seconds` return it.
+    """
+
+
 @dataclass(frozen=True)
 class Timing:
     """Median, interquartile range and quartiles of repeated wall times, in s (notebook 02).
@@ -127,8 +136,9 @@ def interleaved_samples(
 ) -> dict[str, list[float]]:
     """Seconds per call of each run, sampled round-robin so drift hits all alike (notebook 02).
 
-    A run that returns a float reports its own seconds (say, a backward whose forward is
-    untimed); for any other return value the whole call is timed, synchronized on CUDA.
+    A run that returns `Seconds` reports its own seconds (say, a backward whose forward is
+    untimed); for any other return value (None, a loss) the whole call is timed,
+    synchronized on CUDA.
     Warm-up rounds are untimed. Rounds stop once every IQR is within `tolerance` of its
     median (after `min_repeats`), after `max_seconds`, or at `max_repeats`. Sample i of every
     run is from round i, so per-round ratios (`median_ratio`) cancel drift.
@@ -148,7 +158,7 @@ def interleaved_samples(
         reported = [run() for _ in range(calls_per_sample)]
         synchronize(device)
         elapsed = time.perf_counter() - start
-        if all(isinstance(r, float) for r in reported):
+        if all(isinstance(r, Seconds) for r in reported):
             elapsed = sum(reported)
         return elapsed / calls_per_sample
 
@@ -196,7 +206,7 @@ def timed_backward(loss: torch.Tensor, device: torch.device) -> float:
     start = time.perf_counter()
     loss.backward()
     synchronize(device)
-    return time.perf_counter() - start
+    return Seconds(time.perf_counter() - start)
 
 
 def interleaved_backward_samples(
@@ -230,7 +240,7 @@ def interleaved_backward_samples(
                 set_frozen(model, names)
             loss = model_loss(model, example_input, loss_fn)
             if not loss.requires_grad:
-                return 0.0
+                return Seconds(0.0)
             for param in model.parameters():
                 param.grad = None
             return timed_backward(loss, device)
@@ -276,9 +286,9 @@ def thread_seconds(run: Callable[[], object]) -> Callable[[], float]:
     fine = time.get_clock_info("thread_time").resolution <= 1e-6
     clock = time.thread_time if fine else time.perf_counter
 
-    def timed() -> float:
+    def timed() -> Seconds:
         start = clock()
         run()
-        return clock() - start
+        return Seconds(clock() - start)
 
     return timed

@@ -37,7 +37,7 @@ from autograd_cost.freezing import (
 from autograd_cost.models import example_input as course_input
 from autograd_cost.models import mlp
 from autograd_cost.results import to_frame
-from autograd_cost.timing import Timing, interleaved_samples, summarize_times
+from autograd_cost.timing import Seconds, Timing, interleaved_samples, summarize_times
 from autograd_cost.training import OptimizerFactory, make_optimizer, training_step
 
 PHASES = ("forward", "backward", "optimizer")
@@ -105,7 +105,7 @@ def interleaved_configs(
                 training_step(model, example_input, loss_fn, optimizers[index],
                               phase=_phase_clock(timed, device))
                 parts[index].append(timed)
-                return sum(timed.values())
+                return Seconds(sum(timed.values()))
 
             return run
 
