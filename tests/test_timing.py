@@ -65,7 +65,8 @@ def test_interleaved_samples_run_round_robin_and_time_the_whole_call():
 
 
 def test_runs_that_report_their_own_seconds_are_believed():
-    timings = interleaved_seconds({"a": lambda: Seconds(1.0), "b": lambda: Seconds(3.0)}, warmup_rounds=0,
+    runs = {"a": lambda: Seconds(1.0), "b": lambda: Seconds(3.0)}
+    timings = interleaved_seconds(runs, warmup_rounds=0,
                                   min_repeats=3, max_repeats=3)
     assert (timings["a"].median, timings["b"].median) == (1.0, 3.0)
     assert timings["b"].iqr == 0.0 and timings["b"].repeats == 3
