@@ -144,7 +144,7 @@ def _worker_entry(
 
 
 def process_group_facts() -> ProcessGroupFacts:
-    """What this worker really runs on: backend, MASTER_ADDR, world size, threads."""
+    """What this worker runs on: backend, MASTER_ADDR, world size, threads (notebook 06)."""
     if not dist.is_initialized():
         raise RuntimeError("no process group: call this inside a worker started by launch()")
     return ProcessGroupFacts(

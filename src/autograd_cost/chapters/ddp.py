@@ -98,15 +98,16 @@ def count_allreduced_bytes(
         ddp = DDP(model, bucket_cap_mb=experiment.bucket_cap_mb)  # wrap after freezing
         counter = ByteCounter.for_model(model)
         ddp.register_comm_hook(counter, counting_allreduce_hook)
-        steps = []
+        sent, buckets = [], []
         for _ in range(2):  # DDP rebuilds its buckets after the first step
             counter.start_step()
             training_step(ddp, inputs, loss_fn)
-            steps.append((counter.nbytes, len(counter.buckets)))
+            sent.append(counter.nbytes)
+            buckets.append(len(counter.buckets))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append(AllreduceBytes(freeze_depth, tuple(frozen), trainable,
-                                   expected_allreduce_bytes(model), steps[0][0], steps[1][0],
-                                   steps[0][1], steps[1][1], tuple(counter.buckets)))
+                                   expected_allreduce_bytes(model), *sent, *buckets,
+                                   tuple(counter.buckets)))
     return rows
 
 
@@ -161,7 +162,7 @@ def measure_step_times(
     """
     check_positive_int("repeats", repeats)
     inputs, loss_fn = experiment.shard(rank)
-    runs, counters, ready, done = {}, [], [], []
+    runs, counters = {}, []
     for freeze_depth in freeze_depths:
         model = experiment.model()
         freeze_units(model, prefix_units(experiment.unit_order(), freeze_depth))
@@ -175,8 +176,7 @@ def measure_step_times(
         runs[f"{freeze_depth} compute"] = _backward_seconds(ddp, inputs, loss_fn, False, counter)
         runs[f"{freeze_depth} allreduce"] = allreduce_alone(sizes)
         counters.append(counter)
-        ready.append([])
-        done.append([])
+    ready, done = [[] for _ in counters], [[] for _ in counters]
 
     def record_buckets() -> None:
         for counter, ready_rounds, done_rounds in zip(counters, ready, done, strict=True):
@@ -241,7 +241,7 @@ def freeze_after_wrapping(
         counter.start_step()
         try:
             training_step(ddp, inputs, loss_fn)
-        except (RuntimeError, ValueError) as raised:
+        except (RuntimeError, ValueError) as raised:  # DDP's RuntimeError, or caused by it
             error, failed_at_step = _ddp_error(raised), step
             break
         sent.append(counter.nbytes)
@@ -281,8 +281,8 @@ def _max_replica_gap(model: nn.Module) -> float:
 class DivergentFreeze:
     """Only rank 0 froze fc1: DDP's error before wrapping; after, fc1.weight (notebook 06).
 
-    received_vs_*: how far the gradient DDP wrote differs (max abs, or relative norm for the
-    true average) from half of rank 1's, half of this rank's own, and the true average.
+    received_vs_*: the gradient DDP wrote vs half of rank 1's, half of this rank's own (max
+    abs), and the true average (relative norm).
     """
 
     error_before_wrap: str | None
