@@ -16,7 +16,7 @@ MAX_LINES = 420  # "about 400"
 LAYERS = {
     "core": 0, "models": 0, "data": 0, "loading": 0,
     "quiet": 1, "freezing": 1, "graph": 2, "cost": 2, "timing": 2, "ops": 3, "results": 1,
-    "training": 2, "launch": 1, "memory_timeline": 2, "memory": 3, "compiled": 3, "costmodel": 3,
+    "training": 2, "launch": 3, "memory_timeline": 2, "memory": 3, "compiled": 3, "costmodel": 3,
     "profile": 4, "cli": 5, "bench": 5, "__main__": 6, "demo": 5, "__init__": 5,
     "chapters": 7, "exercises": 8,
 }

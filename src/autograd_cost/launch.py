@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from autograd_cost.core import check_number, check_positive_int
+from autograd_cost.timing import Seconds
 
 LOOPBACK_ADDRESS = "127.0.0.1"
 
@@ -316,19 +317,19 @@ def expected_allreduce_bytes(model: nn.Module) -> int:
 # ---------------------------------------------------------------- timing across ranks
 
 
-def after_barrier(run: Callable[[], object]) -> Callable[[], float]:
+def after_barrier(run: Callable[[], object]) -> Callable[[], Seconds]:
     """`run` timed from a barrier, so that every rank starts the sample together."""
 
-    def timed() -> float:
+    def timed() -> Seconds:
         dist.barrier()
         start = time.perf_counter()
         run()
-        return time.perf_counter() - start
+        return Seconds(time.perf_counter() - start)
 
     return timed
 
 
-def allreduce_alone(sizes: Sequence[int]) -> Callable[[], float]:
+def allreduce_alone(sizes: Sequence[int]) -> Callable[[], Seconds]:
     """All-reduce float32 buffers of these sizes on their own, timed from a barrier."""
     buffers = [torch.ones(n) for n in sizes]
 

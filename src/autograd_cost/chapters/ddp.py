@@ -32,7 +32,13 @@ from autograd_cost.launch import (
     process_group_facts,
 )
 from autograd_cost.models import example_input, mlp
-from autograd_cost.timing import Timing, interleaved_samples, interleaved_seconds, summarize_times
+from autograd_cost.timing import (
+    Seconds,
+    Timing,
+    interleaved_samples,
+    interleaved_seconds,
+    summarize_times,
+)
 from autograd_cost.training import training_step
 
 DDP_FIXES = ("rewrap", "find_unused_parameters", "static_graph")
@@ -137,17 +143,17 @@ class StepTimes:
 
 
 def _backward_seconds(ddp: DDP, inputs: torch.Tensor, loss_fn: LossFn, sync: bool,
-                      counter: ByteCounter) -> Callable[[], float]:
+                      counter: ByteCounter) -> Callable[[], Seconds]:
     """A step whose backward alone is timed: with DDP's all-reduce, or under no_sync()."""
     clock = BarrierClock(counter if sync else None)
 
-    def run() -> float:
+    def run() -> Seconds:
         if sync:
             training_step(ddp, inputs, loss_fn, phase=clock)
         else:
             with ddp.no_sync():
                 training_step(ddp, inputs, loss_fn, phase=clock)
-        return clock.seconds
+        return Seconds(clock.seconds)
 
     return run
 
