@@ -17,7 +17,7 @@ from autograd_cost.freezing import frozen_state, set_frozen
 
 
 class Seconds(float):
-    """Seconds a run measured itself (say, a backward whose forward is untimed) (notebook 04).
+    """Seconds a run measured itself, say a backward whose forward is untimed.
 
     `interleaved_samples` takes a run's return value as its sample only when it is a
     `Seconds`; any other return value (a loss as a float, say) is ignored and the whole call
