@@ -89,6 +89,19 @@ def load_digit_split(
     return DigitSplit(images[train_t], labels[train_t], images[test_t], labels[test_t], chosen)
 
 
+def load_digit_images(count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` digits, all if None: (N, 1, 8, 8) in [0, 1] and labels (notebook 03)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    total = len(bunch.target)
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)
+                              or not 1 <= count <= total):
+        raise ValueError(f"count must be an int in 1..{total} or None, got {count!r}")
+    images = torch.tensor(bunch.images[:count], dtype=torch.float32).unsqueeze(1) / DIGIT_MAX_INK
+    return images, torch.tensor(bunch.target[:count], dtype=torch.long)
+
+
 def batch_order(
     num_samples: int, batch_size: int, epochs: int, seed: int = 0
 ) -> list[torch.Tensor]:
