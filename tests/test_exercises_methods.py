@@ -2,6 +2,7 @@
 
 import torch
 
+from autograd_cost.data import load_digit_images
 from autograd_cost.exercises.methods import (
     adam_state_after_freeze,
     check_adam_state_bytes,
@@ -10,7 +11,6 @@ from autograd_cost.exercises.methods import (
     momentum_drift,
     units_cut_off,
 )
-from autograd_cost.methods import load_digit_images
 from autograd_cost.models import small_cnn
 
 

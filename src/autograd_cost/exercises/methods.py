@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autograd_cost.chapters.ways import PartlyDetached, grad_status
 from autograd_cost.cost import optimizer_state_bytes
-from autograd_cost.exercises import report
-from autograd_cost.freezing import preserved_state
-from autograd_cost.methods import PartlyDetached, freeze, grad_status
+from autograd_cost.exercises import check_answer, report, require_int, require_number
+from autograd_cost.freezing import exactly_frozen, preserved_state, preserved_values
+from autograd_cost.training import training_step
 
 
 def adam_state_after_freeze(
     model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
 ) -> tuple[int, int]:
-    """(state bytes, tensors with state) of Adam over all parameters after one step (notebook 03).
+    """(state bytes, tensors with state) of Adam over all parameters after one step.
 
-    The named modules are frozen with requires_grad=False; the model is restored after.
+    Exactly the named units are frozen with requires_grad=False; the model, values included,
+    is restored after.
     """
-    with preserved_state(model), freeze(model, names):
+    with exactly_frozen(model, names), preserved_values(model):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+        training_step(model, x, functools.partial(F.cross_entropy, target=y), optimizer)
         return optimizer_state_bytes(optimizer), len(optimizer.state)
 
 
@@ -32,19 +34,18 @@ def check_adam_state_bytes(
     answer: int, model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
 ) -> bool:
     """Check a predicted Adam state size after one step, step counters included (notebook 03)."""
+    answer = require_int(answer)
     truth, tensors = adam_state_after_freeze(model, names, x, y)
-    if answer == truth:
-        return report(True, f"{truth:,} bytes of Adam state.", "")
-    if answer == truth - 4 * tensors:
-        hint = "close: add the 4-byte float32 step counter Adam keeps per parameter tensor."
-    else:
-        hint = "too high" if answer > truth else "too low"
-        hint += ": which parameters get a .grad, and how many float32 moments does Adam keep?"
-    return report(False, "", hint)
+    if answer == truth - 4 * tensors and answer != truth:
+        return report(False, "", "close: add the 4-byte float32 step counter Adam keeps per "
+                                 "parameter tensor.")
+    return check_answer(answer, truth, f"{truth:,} bytes of Adam state.",
+                        "which parameters get a .grad, and how many float32 moments does Adam "
+                        "keep?")
 
 
 def momentum_drift(lr: float, momentum: float, first_grad: float, frozen_steps: int) -> float:
-    """How far SGD+momentum moves a weight with zero grads after one real step (notebook 03)."""
+    """How far SGD+momentum moves a weight with zero grads after one real step."""
     weight = nn.Parameter(torch.zeros((), dtype=torch.float64))
     optimizer = torch.optim.SGD([weight], lr=lr, momentum=momentum)
     weight.grad = torch.tensor(first_grad, dtype=torch.float64)
@@ -60,18 +61,17 @@ def check_momentum_drift(
     answer: float, lr: float, momentum: float, first_grad: float, frozen_steps: int
 ) -> bool:
     """Check a predicted drift of a 'frozen' weight under SGD with momentum (notebook 03)."""
+    answer = require_number(answer)
     truth = momentum_drift(lr, momentum, first_grad, frozen_steps)
-    if abs(answer - truth) <= 1e-4 * max(abs(truth), 1e-12):
-        return report(True, "the momentum buffer keeps pushing, step after step.", "")
-    hint = "too high" if answer > truth else "too low"
-    hint += ": after the real step the buffer is multiplied by the momentum at every step."
-    return report(False, "", hint)
+    return check_answer(answer, truth, "the momentum buffer keeps pushing, step after step.",
+                        "after the real step the buffer is multiplied by the momentum at every "
+                        "step.", tolerance=1e-4, relative=True)
 
 
 def units_cut_off(
     model: nn.Sequential, section: Sequence[str], x: torch.Tensor, y: torch.Tensor
 ) -> set[str]:
-    """Units left with .grad None when `section` runs under no_grad (notebook 03)."""
+    """Units left with .grad None when `section` runs under no_grad."""
     with preserved_state(model):
         loss = F.cross_entropy(PartlyDetached(model, section, "no_grad")(x), y)
         if loss.requires_grad:
@@ -87,6 +87,8 @@ def check_units_cut_off(
     y: torch.Tensor,
 ) -> bool:
     """Check which units get no gradient when a section runs under no_grad (notebook 03)."""
+    if isinstance(answer, str) or not isinstance(answer, (set, frozenset, list, tuple)):
+        raise TypeError(f"answer must be a set of unit names, got {type(answer).__name__}")
     truth = units_cut_off(model, section, x, y)
     answer = set(answer)
     if answer == truth:
