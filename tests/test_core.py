@@ -109,3 +109,14 @@ def test_make_loss_fn_picks_cross_entropy_or_mse_by_target():
     assert torch.equal(make_loss_fn(F.l1_loss, values)(output), F.l1_loss(output, values))
     assert make_loss_fn(None, None) is None
     assert make_loss_fn(default_loss, None) is default_loss
+
+
+def test_placed_inputs_moves_input_and_target_and_builds_the_loss():
+    from autograd_cost.core import placed_inputs
+
+    x, target = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    device, moved, loss = placed_inputs(x, target, None, "cpu")
+    assert device == torch.device("cpu") and torch.equal(moved, x)
+    logits = torch.randn(3, 5)
+    assert torch.equal(loss(logits), torch.nn.functional.cross_entropy(logits, target))
+    assert placed_inputs((x, x), None, None, "cpu")[2] is None  # no target: the default loss

@@ -140,3 +140,16 @@ def make_loss_fn(
         loss_fn = F.cross_entropy if not target.is_floating_point() else F.mse_loss
     chosen = loss_fn
     return lambda output: chosen(output, target)
+
+
+def placed_inputs(
+    example_input: ModelInput,
+    target: torch.Tensor | None,
+    loss_fn: Callable[..., torch.Tensor] | None,
+    device: str | torch.device | None,
+) -> tuple[torch.device, ModelInput, LossFn | None]:
+    """The device to measure on, the input (and target) moved there, and the loss (nb 02)."""
+    chosen = pick_device(device)
+    if target is not None:
+        target = target.to(chosen)
+    return chosen, to_device(example_input, chosen), make_loss_fn(loss_fn, target)

@@ -21,9 +21,8 @@ from autograd_cost.core import (
     make_loss_fn,
     model_loss,
     on_device,
-    pick_device,
+    placed_inputs,
     synchronize,
-    to_device,
 )
 from autograd_cost.cost import (
     gradient_bytes,
@@ -148,11 +147,7 @@ def memory_breakdown(
     if not units(model):
         raise ValueError(f"{type(model).__name__} has no parameters, so no training step")
     factory = resolve_optimizer(optimizer)
-    device = pick_device(device)
-    example_input = to_device(example_input, device)
-    if target is not None:
-        target = target.to(device)
-    loss = make_loss_fn(loss_fn, target)
+    device, example_input, loss = placed_inputs(example_input, target, loss_fn, device)
     with _measured_model(model, frozen, device):
         timeline, counts = _measure(model, example_input, loss, factory, device)
         saved = saved_activation_bytes(model, example_input, loss)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autograd_cost.core import LossFn, ModelInput, make_loss_fn, on_device, pick_device, to_device
+from autograd_cost.core import LossFn, ModelInput, on_device, placed_inputs
 from autograd_cost.cost import count_flops, saved_activation_bytes
 from autograd_cost.freezing import (
     FREEZE_MODES,
@@ -131,11 +131,7 @@ def profile_freezing(
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise ValueError(f"repeats must be a positive int or None (adaptive), got {repeats!r}")
     memory_optimizer = _memory_optimizer(memory)
-    device = pick_device(device)
-    example_input = to_device(example_input, device)
-    if target is not None:
-        target = target.to(device)
-    loss = make_loss_fn(loss_fn, target)
+    device, example_input, loss = placed_inputs(example_input, target, loss_fn, device)
     with preserved_state(model), on_device(model, device):
         order = execution_order(model, example_input)
         plans = _plans(order, modes, freeze_depths, frozen)
