@@ -148,7 +148,7 @@ def placed_inputs(
     loss_fn: Callable[..., torch.Tensor] | None,
     device: str | torch.device | None,
 ) -> tuple[torch.device, ModelInput, LossFn | None]:
-    """The device to measure on, the input (and target) moved there, and the loss (nb 02)."""
+    """The device to measure on, the input and target moved there, and the loss."""
     chosen = pick_device(device)
     if target is not None:
         target = target.to(chosen)
