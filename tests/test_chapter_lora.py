@@ -169,3 +169,13 @@ def test_bad_inputs_are_refused(base):
         lora.peft_lora(base, rank=0)
     with pytest.raises(ValueError, match="targets"):
         lora.hand_lora(base, targets=("nothing",))
+
+
+def test_hand_lora_differences_reports_zero_for_matching_layers_and_keeps_the_base(base, tokens):
+    before = {name: param.detach().clone() for name, param in base.named_parameters()}
+    targets = torch.randint(VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(4))
+    differences = lora.hand_lora_differences(base, tokens, lora.next_char_loss(targets), rank=2)
+    assert list(differences.index) == ["output", "A gradients", "B gradients"]
+    assert (differences < 1e-5).all()
+    assert all(torch.equal(before[name], param) for name, param in base.named_parameters())
+    assert all(param.grad is None for param in base.parameters())

@@ -150,6 +150,37 @@ def hand_lora(base: nn.Module, rank: int = 4, alpha: float = 8.0,
     return model
 
 
+def hand_lora_differences(base: nn.Module, inputs: torch.Tensor, loss_fn: LossFn,
+                          rank: int = 4, alpha: float = 8.0, seed: int = 0) -> pd.Series:
+    """Largest |hand-written LoRA - PEFT| in output and A, B gradients (notebook 08).
+
+    Both wrap copies of `base`; every A and B is first set to the same random values (B no
+    longer zero, so the update is not a no-op). `base` is not changed.
+    """
+    peft_model = peft_lora(base, rank, alpha, seed=seed)
+    hand_model = hand_lora(base, rank, alpha, seed=seed)
+    hand = dict(hand_model.named_parameters())
+    pairs = {name: hand[name.removeprefix("base_model.model.").replace(".default.weight", "")]
+             for name, param in peft_model.named_parameters() if ".lora_" in name}
+    peft_params = dict(peft_model.named_parameters())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, hand_param in pairs.items():
+            values = torch.randn(hand_param.shape, generator=generator) * 0.5
+            peft_params[name].copy_(values)
+            hand_param.copy_(values)
+    outputs = [model(inputs) for model in (peft_model, hand_model)]
+    for output in outputs:
+        loss_fn(output).backward()
+
+    def largest(kind: str) -> float:
+        return max((peft_params[n].grad - h.grad).abs().max().item()
+                   for n, h in pairs.items() if f".lora_{kind}." in n)
+
+    return pd.Series({"output": (outputs[0] - outputs[1]).abs().max().item(),
+                      "A gradients": largest("A"), "B gradients": largest("B")})
+
+
 def _quiet_peft():
     """Import peft offline; Hugging Face's hub and transformers' logging stay quiet."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in this course downloads
