@@ -11,9 +11,13 @@ from torch import nn
 from autograd_cost import example_input, mlp, small_cnn, tiny_transformer
 from autograd_cost.cost import count_flops
 from autograd_cost.costmodel import (
+    COMPUTE_CLASSES,
+    MEMORY_CLASSES,
     MachineConstants,
     OpRecord,
     Prediction,
+    calibrate,
+    op_class,
     predict_seconds,
     record_ops,
 )
@@ -79,13 +83,13 @@ def test_freezing_the_first_layer_drops_its_weight_gradient_matmul_only() -> Non
     assert all(p.requires_grad for p in model.parameters())  # restored
 
 
-def _op(flops: int, nbytes: int) -> OpRecord:
-    return OpRecord("op", "backward", "", flops, nbytes)
+def _op(flops: int, nbytes: int, op: str = "mm", phase: str = "backward") -> OpRecord:
+    return OpRecord(op, phase, "", flops, nbytes)
 
 
 def test_prediction_is_the_roofline_sum_with_overhead() -> None:
     compute_bound = _op(flops=2_000_000, nbytes=400)  # 20 µs of compute vs 0.04 µs of traffic
-    memory_bound = _op(flops=0, nbytes=1_000_000)  # 100 µs of traffic
+    memory_bound = _op(flops=0, nbytes=1_000_000, op="add")  # 100 µs of traffic
     predicted = predict_seconds([compute_bound, memory_bound], CONSTANTS)
     assert predicted == Prediction(2e-5, 1e-4, 1e-5, 2)
     assert predicted.seconds == pytest.approx(1.3e-4)
@@ -94,9 +98,64 @@ def test_prediction_is_the_roofline_sum_with_overhead() -> None:
         predict_seconds([], CONSTANTS, "sideways")
 
 
+@pytest.mark.parametrize(("op", "cls"), [
+    ("mm", "matmul"), ("addmm", "matmul"), ("convolution_backward", "convolution"),
+    ("_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
+    ("add", "elementwise"), ("threshold_backward", "elementwise"),
+    ("native_batch_norm_backward", "normalization"), ("native_layer_norm", "normalization"),
+    ("gelu_backward", "transcendental"), ("_log_softmax", "transcendental"),
+    ("embedding_dense_backward", "gather")])
+def test_op_class_names_the_class_of_each_op(op: str, cls: str) -> None:
+    assert op_class(op) == cls
+
+
+def test_each_class_uses_its_own_rate_and_memory_classes_ignore_flops() -> None:
+    constants = dataclasses.replace(CONSTANTS, class_rates={"convolution": 5e10,
+                                                            "normalization": 2e9})
+    conv = _op(flops=1_000_000, nbytes=100, op="convolution_backward")  # 20 µs at 50 GFLOP/s
+    norm = _op(flops=1_000_000, nbytes=100_000, op="native_layer_norm_backward")  # 50 µs
+    predicted = predict_seconds([conv, norm], constants)
+    assert predicted.compute_seconds == pytest.approx(2e-5)
+    assert predicted.memory_seconds == pytest.approx(5e-5)
+    assert constants.rate("matmul") == 1e11 and constants.rate("gather") == 1e10  # fallbacks
+    with pytest.raises(ValueError, match="valid classes are"):
+        constants.rate("teleport")
+    assert list(constants.table()["op class"]) == [*COMPUTE_CLASSES, *MEMORY_CLASSES]
+
+
+def test_a_backward_call_costs_its_fixed_overhead_once() -> None:
+    constants = dataclasses.replace(CONSTANTS, seconds_per_backward=5e-5)
+    ops = [_op(0, 0, op="add"), _op(0, 0, op="add")]
+    assert predict_seconds(ops, constants).overhead_seconds == pytest.approx(2 * 5e-6 + 5e-5)
+    forward = [_op(0, 0, op="add", phase="forward")]
+    assert predict_seconds(forward, constants, "forward").overhead_seconds == pytest.approx(5e-6)
+    assert predict_seconds([], constants).seconds == 0.0  # nothing to run: no call
+
+
+def test_aliasing_ops_move_no_bytes() -> None:
+    class Project(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.weight  # 3-D @ 2-D: torch folds the batch with _unsafe_view
+
+    records = record_ops(Project(), torch.randn(2, 3, 4))
+    aliasing = [r for r in records if r.op == "_unsafe_view"]
+    assert aliasing and all(r.bytes == 0 for r in aliasing)
+
+
+def test_calibration_reports_a_positive_rate_for_every_class() -> None:
+    constants = calibrate("cpu")
+    assert all(constants.rate(cls) > 0 for cls in (*COMPUTE_CLASSES, *MEMORY_CLASSES))
+    assert constants.seconds_per_op > 0 and constants.seconds_per_backward >= 0
+    assert "per backward call" in str(constants)
+
+
 @pytest.mark.parametrize("field", ["flops", "bytes"])
 def test_prediction_is_monotone_in_flops_bytes_and_op_count(field: str) -> None:
-    base = [_op(1_000_000, 200_000), _op(10, 50_000)]
+    base = [_op(1_000_000, 200_000), _op(10, 50_000, op="add")]
     more = [dataclasses.replace(r, **{field: getattr(r, field) * 3}) for r in base]
     assert predict_seconds(more, CONSTANTS).seconds >= predict_seconds(base, CONSTANTS).seconds
     assert (predict_seconds([*base, _op(0, 0)], CONSTANTS).seconds

@@ -187,7 +187,7 @@ def test_keep_freed_memory_flag_parses_and_works_on_glibc():
     assert args.keep_freed_memory
     # mallopt changes the whole process, so it runs in a child, not in pytest's own process.
     done = subprocess.run(
-        [sys.executable, "-c", "from autograd_cost.cli import keep_freed_memory as k; "
+        [sys.executable, "-c", "from autograd_cost.timing import keep_freed_memory as k; "
                                "print(k())"],
         capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == str(sys.platform == "linux")

@@ -60,7 +60,8 @@ def test_interleaved_samples_run_round_robin_and_time_the_whole_call():
     runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     samples = interleaved_samples(runs, "cpu", calls_per_sample=3, min_repeats=4, max_repeats=4)
     assert [len(s) for s in samples.values()] == [4, 4]
-    assert calls == (["a"] * 3 + ["b"] * 3) * 5  # one warm-up round, then 4 timed rounds
+    ab, ba = ["a"] * 3 + ["b"] * 3, ["b"] * 3 + ["a"] * 3
+    assert calls == ab + ab + ba + ab + ba  # a warm-up round, then 4 rounds, each starting later
     assert all(t > 0 for s in samples.values() for t in s)
 
 
@@ -121,9 +122,12 @@ def test_interleaved_backward_samples_measure_each_freeze_set_as_given():
     samples = interleaved_backward_samples(model, x, [None, [], ["head"]], loss_fn,
                                            min_repeats=3, max_repeats=3)
     assert [len(s) for s in samples] == [3, 3, 3]
-    # one warm-up round and three timed rounds, round-robin over the freeze sets:
-    # None = as configured (fc1 frozen), [] = all trainable, ["head"] = exactly head frozen
-    assert seen == [(False, True), (True, True), (True, False)] * 4
+    # one warm-up round and three timed rounds, round-robin over the freeze sets, each round
+    # starting one set later: None = as configured (fc1 frozen), [] = all trainable,
+    # ["head"] = exactly head frozen
+    configured, trainable, head_frozen = (False, True), (True, True), (True, False)
+    first = [configured, trainable, head_frozen]
+    assert seen == first * 2 + [trainable, head_frozen, configured] + [head_frozen, *first[:2]]
     assert not model.fc1.weight.requires_grad and model.head.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())
 

@@ -1,8 +1,9 @@
 """`python -m autograd_cost bench`: how well the per-op cost model predicts backward time.
 
 For each model and every prefix/suffix freeze depth it compares the normalized backward
-time (time at that depth / time unfrozen) with two predictions: the FLOP-only model
-(backward FLOPs ratio) and the per-op cost model (`costmodel`). Three course models are
+time (time at that depth / time unfrozen, the median of per-round ratios) with two
+predictions: the FLOP-only model (backward FLOPs ratio) and the per-op cost model
+(`costmodel`). Three course models are
 what the notebook shows; two families the calibration never saw check that it transfers.
 A benchmark, not a test: the numbers depend on the machine.
 """
@@ -10,7 +11,7 @@ A benchmark, not a test: the numbers depend on the machine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,6 +21,7 @@ from torch import nn
 from autograd_cost.costmodel import MachineConstants, calibrate, uncached_calibration
 from autograd_cost.models import example_input, mlp, small_cnn, tiny_transformer
 from autograd_cost.profile import profile_freezing, with_ratios
+from autograd_cost.timing import interleaved_backward_samples, keep_freed_memory, median_ratio
 
 COURSE_TARGET, OTHER_TARGET, PREDICT_OVERHEAD_TARGET = 0.05, 0.08, 0.30
 
@@ -95,24 +97,41 @@ def bench_models() -> list[BenchModel]:
     ]
 
 
-def prediction_errors(frame: pd.DataFrame) -> dict[str, float]:
+def per_round_time_ratios(model: nn.Module, example: torch.Tensor, frame: pd.DataFrame,
+                          repeats: int, device: str) -> list[float]:
+    """Each row's backward time over the unfrozen one, the median of per-round ratios.
+
+    The rows' freezes are timed round-robin (`interleaved_backward_samples`); dividing within
+    a round cancels what a round shares (a busy moment, the CPU's clock), which medians of
+    each row's own times do not.
+    """
+    freezes = [list(units) for units in frame["frozen_units"]]
+    samples = interleaved_backward_samples(model, example, [[], *freezes], device=device,
+                                           min_repeats=repeats, max_repeats=repeats)
+    by_row = {str(i): row for i, row in enumerate(samples)}
+    return [median_ratio(by_row, str(i), "0") for i in range(1, len(samples))]
+
+
+def prediction_errors(frame: pd.DataFrame, time_ratios: Sequence[float]) -> dict[str, float]:
     """Largest |predicted - measured| normalized backward time over a sweep's rows."""
     ratios = with_ratios(frame)
+    measured = pd.Series(list(time_ratios), index=frame.index)
     return {
-        "cost_model_error": float((ratios["predicted_ratio"] - ratios["time_ratio"]).abs().max()),
-        "flop_model_error": float((ratios["flop_ratio"] - ratios["time_ratio"]).abs().max()),
+        "cost_model_error": float((ratios["predicted_ratio"] - measured).abs().max()),
+        "flop_model_error": float((ratios["flop_ratio"] - measured).abs().max()),
     }
 
 
-def error_report(repeats: int = 15, device: str = "cpu") -> pd.DataFrame:
-    """One row per bench model: both models' worst error and its target."""
+def error_report(repeats: int = 40, device: str = "cpu") -> pd.DataFrame:
+    """One row per bench model: both models' worst error over all prefix and suffix depths."""
     rows = []
     for entry in bench_models():
         model = entry.build()
-        frame = profile_freezing(model, entry.make_input(model), device=device,
-                                 repeats=repeats, predict=True)
+        example = entry.make_input(model)
+        frame = profile_freezing(model, example, device=device, repeats=1, predict=True)
+        time_ratios = per_round_time_ratios(model, example, frame, repeats, device)
         rows.append({"model": entry.name, "seen family": entry.course,
-                     **prediction_errors(frame),
+                     **prediction_errors(frame, time_ratios),
                      "target": COURSE_TARGET if entry.course else OTHER_TARGET})
     table = pd.DataFrame(rows)
     table["within target"] = table["cost_model_error"] <= table["target"]
@@ -137,9 +156,11 @@ def predict_overhead(repeats: int = 10, device: str = "cpu") -> dict[str, float]
 def run_bench(threads: int = 1, device: str = "cpu") -> str:
     """The whole report as text: constants twice, the error table, the --predict overhead."""
     torch.set_num_threads(threads)
+    kept = keep_freed_memory()  # no page faults from buffers freed and reused every backward
     first: MachineConstants = uncached_calibration(device)
     second: MachineConstants = uncached_calibration(device)
-    lines = [f"threads: {threads}, device: {device}, torch {torch.__version__}",
+    lines = [f"threads: {threads}, device: {device}, torch {torch.__version__}, "
+             f"glibc keeps freed memory: {kept}",
              f"calibration run 1: {first}", f"calibration run 2: {second}", ""]
     table = error_report(device=device)
     lines += [table.round(3).to_string(index=False), ""]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import sys
@@ -26,20 +25,7 @@ from autograd_cost.loading import (
 )
 from autograd_cost.models import MODEL_BUILDERS, build_model, example_input
 from autograd_cost.profile import plot_profile, profile_freezing, profile_table
-
-GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory in the process, so that buffers reused every step do
-    not page-fault anew. Process-wide, so only the CLI's own process does it (README)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    mmap_ok = libc.mallopt(GLIBC_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed
-    trim_ok = libc.mallopt(GLIBC_M_TRIM_THRESHOLD, 2**30)
-    return bool(mmap_ok and trim_ok)
+from autograd_cost.timing import keep_freed_memory
 
 
 def _positive(text: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import statistics
 import time
@@ -139,8 +140,10 @@ def interleaved_samples(
     A run that returns `Seconds` reports its own seconds (say, a backward whose forward is
     untimed); for any other return value (None, a loss) the whole call is timed,
     synchronized on CUDA.
-    Warm-up rounds are untimed. Rounds stop once every IQR is within `tolerance` of its
-    median (after `min_repeats`), after `max_seconds`, or at `max_repeats`. Sample i of every
+    Each round starts one run later than the last (A B C, B C A, C A B, ...), so no run
+    always follows the same neighbour. Warm-up rounds are untimed. Rounds stop once every
+    IQR is within `tolerance` of its median (after `min_repeats`), after `max_seconds`, or
+    at `max_repeats`. Sample i of every
     run is from round i, so per-round ratios (`median_ratio`) cancel drift.
     """
     if not runs:
@@ -166,11 +169,13 @@ def interleaved_samples(
         for run in runs.values():
             sample(run)
     samples: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
     deadline = time.perf_counter() + max_seconds
     with garbage_collection_paused():
         for rounds in range(1, max_repeats + 1):
-            for name, run in runs.items():
-                samples[name].append(sample(run))
+            start = (rounds - 1) % len(names)
+            for name in names[start:] + names[:start]:
+                samples[name].append(sample(runs[name]))
             if on_round is not None:
                 on_round()
             if rounds >= min_repeats and (
@@ -292,3 +297,18 @@ def thread_seconds(run: Callable[[], object]) -> Callable[[], float]:
         return Seconds(clock() - start)
 
     return timed
+
+
+GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory, so that buffers reused every step do not page-fault
+    anew. Process-wide: only the CLI's and the bench's own processes do it (README)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    mmap_ok = libc.mallopt(GLIBC_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed
+    trim_ok = libc.mallopt(GLIBC_M_TRIM_THRESHOLD, 2**30)
+    return bool(mmap_ok and trim_ok)

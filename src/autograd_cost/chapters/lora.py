@@ -29,7 +29,7 @@ VARIANTS = ("full fine-tune", "frozen prefix", "head only", "LoRA", "LoRA-FA")
 
 @dataclass(frozen=True)
 class CharTask:
-    """Next-character windows of a text: inputs, targets and the alphabet (notebook 08)."""
+    """Next-character windows of a text: inputs, targets and the alphabet."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -43,7 +43,7 @@ class CharTask:
 
 
 def zen_texts() -> tuple[str, str]:
-    """The Zen of Python as CPython ships it, rot13 (`this.s`), and decoded (notebook 08)."""
+    """The Zen of Python as CPython ships it, rot13 (`this.s`), and decoded."""
     with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
         import this
     return this.s, codecs.decode(this.s, "rot13")
@@ -83,7 +83,7 @@ def next_char_loss(targets: torch.Tensor) -> LossFn:
 
 
 def next_char_accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Share of next characters the model ranks first, in eval mode, no grad (notebook 08)."""
+    """Share of next characters the model ranks first, in eval mode, no grad."""
     with torch.no_grad():
         return float((model(inputs).argmax(-1) == targets).float().mean())
 
@@ -138,7 +138,7 @@ def _targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
 
 def hand_lora(base: nn.Module, rank: int = 4, alpha: float = 8.0,
               targets: Sequence[str] = LORA_TARGETS, seed: int = 0) -> nn.Module:
-    """A copy of `base`, all frozen, each target Linear wrapped in LoRALinear (notebook 08)."""
+    """A copy of `base`, all frozen, each target Linear wrapped in LoRALinear."""
     check_positive_int("rank", rank)
     model = copy.deepcopy(base).requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
@@ -192,7 +192,7 @@ def _quiet_peft():
 
 def peft_lora(base: nn.Module, rank: int = 4, alpha: float = 8.0,
               targets: Sequence[str] = LORA_TARGETS, seed: int = 0) -> nn.Module:
-    """A copy of `base` wrapped by PEFT with LoRA of rank r on the targets (notebook 08)."""
+    """A copy of `base` wrapped by PEFT with LoRA of rank r on the targets."""
     check_positive_int("rank", rank)
     peft = _quiet_peft()
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets))
@@ -203,7 +203,7 @@ def peft_lora(base: nn.Module, rank: int = 4, alpha: float = 8.0,
 
 def lora_fa(base: nn.Module, rank: int = 4, alpha: float = 8.0,
             targets: Sequence[str] = LORA_TARGETS, seed: int = 0) -> nn.Module:
-    """PEFT LoRA with every A frozen too, the LoRA-FA idea: only B trains (notebook 08)."""
+    """PEFT LoRA with every A frozen too, the LoRA-FA idea: only B trains."""
     model = peft_lora(base, rank, alpha, targets, seed)
     for name, param in model.named_parameters():
         if ".lora_A." in name:
@@ -212,26 +212,26 @@ def lora_fa(base: nn.Module, rank: int = 4, alpha: float = 8.0,
 
 
 def full_finetune(base: nn.Module) -> nn.Module:
-    """A copy of `base` with every parameter trainable (notebook 08)."""
+    """A copy of `base` with every parameter trainable."""
     return copy.deepcopy(base).requires_grad_(True)
 
 
 def frozen_prefix(base: nn.Module, example: torch.Tensor, freeze_depth: int) -> nn.Module:
-    """A copy of `base`, its first `freeze_depth` units (execution order) frozen (notebook 08)."""
+    """A copy of `base`, its first `freeze_depth` units (execution order) frozen."""
     model = copy.deepcopy(base)
     set_frozen(model, prefix_units(execution_order(model, example), freeze_depth))
     return model
 
 
 def head_only(base: nn.Module) -> nn.Module:
-    """A copy of `base` where only the `head` Linear trains (notebook 08)."""
+    """A copy of `base` where only the `head` Linear trains."""
     model = copy.deepcopy(base).requires_grad_(False)
     model.get_submodule("head").requires_grad_(True)
     return model
 
 
 def half_prefix_depth(base: TinyTransformer) -> int:
-    """Units of the embeddings and the first half of the blocks (notebook 08)."""
+    """Units of the embeddings and the first half of the blocks."""
     per_block = len([m for m in base.blocks[0].modules() if list(m.parameters(recurse=False))])
     return 2 + per_block * (len(base.blocks) // 2)
 
@@ -251,7 +251,7 @@ def lora_variants(base: TinyTransformer, example: torch.Tensor, rank: int = 4,
 
 
 def trainable_count(model: nn.Module) -> int:
-    """Parameters with requires_grad=True, as PEFT counts its trainable ones (notebook 08)."""
+    """Parameters with requires_grad=True, as PEFT counts its trainable ones."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
