@@ -93,6 +93,23 @@ def test_run_model_and_model_loss_against_pytorch():
         model_loss(model, x, loss_fn=lambda out: out)
 
 
+def test_run_model_names_the_shape_only_for_shape_errors():
+    conv = nn.Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match=r"shape \(2, 1, 8, 8\) does not fit the model Conv2d"):
+        run_model(conv, torch.randn(2, 1, 8, 8))  # 1 channel where 3 are expected
+    embedding = nn.Embedding(4, 2)
+    with pytest.raises(ValueError, match="does not fit the model Embedding"):
+        run_model(embedding, torch.tensor([7]))  # index out of range
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("Expected to have finished reduction in the prior iteration")
+
+    with pytest.raises(RuntimeError, match="finished reduction") as caught:
+        run_model(Broken(), torch.randn(2))
+    assert caught.type is RuntimeError and caught.value.__cause__ is None  # unchanged
+
+
 def test_default_loss_sums_in_float32():
     half = torch.full((4,), 0.5, dtype=torch.float16)
     loss = default_loss(half)

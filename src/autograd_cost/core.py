@@ -94,8 +94,16 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         model.to(home)
 
 
+# Words of PyTorch's errors for an input that does not fit (a shape, a size, an index).
+_SHAPE_WORDS = ("shape", "size", "dimension", "channels", "index out of range", "must match")
+
+
 def run_model(model: nn.Module, example_input: ModelInput) -> torch.Tensor:
-    """Call the model on a tensor or tuple of tensors; clear error if it does not fit."""
+    """Call the model on a tensor or tuple of tensors; clear error if it does not fit.
+
+    Errors about the input's shape become a ValueError that names the shape; any other
+    error of the model's forward propagates unchanged.
+    """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError(
@@ -105,6 +113,8 @@ def run_model(model: nn.Module, example_input: ModelInput) -> torch.Tensor:
     try:
         return model(*inputs)
     except (RuntimeError, IndexError, ValueError) as error:
+        if not any(word in str(error).lower() for word in _SHAPE_WORDS):
+            raise  # not about the input's shape: the model's own error, unchanged
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         raise ValueError(
             f"example input of shape {shapes} does not fit the model "
