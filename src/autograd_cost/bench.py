@@ -107,7 +107,8 @@ def per_round_time_ratios(model: nn.Module, example: torch.Tensor, frame: pd.Dat
     """
     freezes = [list(units) for units in frame["frozen_units"]]
     samples = interleaved_backward_samples(model, example, [[], *freezes], device=device,
-                                           min_repeats=repeats, max_repeats=repeats)
+                                           min_repeats=repeats, max_repeats=repeats,
+                                           max_seconds=30.0)
     by_row = {str(i): row for i, row in enumerate(samples)}
     return [median_ratio(by_row, str(i), "0") for i in range(1, len(samples))]
 
@@ -122,7 +123,7 @@ def prediction_errors(frame: pd.DataFrame, time_ratios: Sequence[float]) -> dict
     }
 
 
-def error_report(repeats: int = 40, device: str = "cpu") -> pd.DataFrame:
+def error_report(repeats: int = 60, device: str = "cpu") -> pd.DataFrame:
     """One row per bench model: both models' worst error over all prefix and suffix depths."""
     rows = []
     for entry in bench_models():
