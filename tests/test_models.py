@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from autograd_cost import build_model, example_input, mlp, small_cnn, tiny_transformer
 
@@ -53,3 +54,17 @@ def test_unknown_model_name_lists_the_valid_ones():
 def test_example_input_rejects_foreign_models():
     with pytest.raises(TypeError, match="build the input yourself"):
         example_input(torch.nn.LSTM(3, 3))
+
+
+def test_cat_linear_matches_the_linear_and_its_gradient_rows():
+    from autograd_cost.models import CatLinear
+
+    torch.manual_seed(0)
+    linear, x = nn.Linear(4, 5), torch.randn(3, 4)
+    cat = CatLinear(linear, frozen_rows=2)
+    torch.testing.assert_close(cat(x), linear(x))
+    cat(x).sum().backward()
+    linear(x).sum().backward()
+    torch.testing.assert_close(cat.weight.grad, linear.weight.grad[2:])
+    torch.testing.assert_close(cat.bias.grad, linear.bias.grad)
+    assert not cat.frozen_weight.requires_grad and cat.weight.shape == (3, 4)

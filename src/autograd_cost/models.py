@@ -138,6 +138,25 @@ def tiny_transformer(
     return TinyTransformer(vocab, dim, heads, blocks, max_len)
 
 
+class CatLinear(nn.Module):
+    """A Linear whose first `frozen_rows` rows are a buffer, re-joined by torch.cat in every
+    call: the forum question's partial freeze (notebook 04).
+
+    F.linear multiplies the concatenated weight, so autograd computes the gradient of the
+    whole weight and slices it: no matmul is saved.
+    """
+
+    def __init__(self, linear: nn.Linear, frozen_rows: int) -> None:
+        super().__init__()
+        weight = linear.weight.detach()
+        self.register_buffer("frozen_weight", weight[:frozen_rows].clone())
+        self.weight = nn.Parameter(weight[frozen_rows:].clone())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, torch.cat((self.frozen_weight, self.weight), dim=0), self.bias)
+
+
 def example_input(model: nn.Module, batch: int = 32, seed: int = 0) -> torch.Tensor:
     """A seeded input batch of the right shape and dtype for a course model (notebook 01)."""
     _check_positive(batch=batch)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autograd_cost.core import (
@@ -34,8 +33,8 @@ from autograd_cost.freezing import (
     set_frozen,
     units_to_freeze,
 )
+from autograd_cost.models import CatLinear, mlp
 from autograd_cost.models import example_input as course_input
-from autograd_cost.models import mlp
 from autograd_cost.results import to_frame
 from autograd_cost.timing import Seconds, Timing, interleaved_samples, summarize_times
 from autograd_cost.training import OptimizerFactory, make_optimizer, training_step
@@ -239,20 +238,6 @@ def plot_step_speedups(frame: pd.DataFrame, title: str = ""):
     return fig
 
 
-class _CatLinear(nn.Module):
-    """A Linear whose first rows are a frozen buffer, re-joined by torch.cat in every call."""
-
-    def __init__(self, linear: nn.Linear, frozen_rows: int) -> None:
-        super().__init__()
-        weight = linear.weight.detach()
-        self.register_buffer("frozen_weight", weight[:frozen_rows].clone())
-        self.weight = nn.Parameter(weight[frozen_rows:].clone())
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, torch.cat((self.frozen_weight, self.weight)), self.bias)
-
-
 def cat_freeze_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
     """A copy of `model` with every Linear's first `fraction` of rows frozen via cat (notebook 02).
 
@@ -268,7 +253,7 @@ def cat_freeze_copy(model: nn.Module, fraction: float = 0.5) -> nn.Module:
     for name in names:
         linear = copied.get_submodule(name)
         parent, _, child = name.rpartition(".")
-        split = _CatLinear(linear, int(linear.out_features * fraction))
+        split = CatLinear(linear, int(linear.out_features * fraction))
         setattr(copied.get_submodule(parent) if parent else copied, child, split)
     return copied
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autograd_cost.core import check_choice, check_positive_int
+from autograd_cost.models import CatLinear as PlainCatLinear
 
 AXES = ("rows", "cols")
 FreezePlan = Mapping[str, int]
@@ -239,27 +240,20 @@ def freeze_cols(linear: nn.Linear, cols: int | Sequence[int]) -> SplitLinear:
 # ------------------------------------------------------------------ the question's cat design
 
 
-class CatLinear(nn.Module):
+class CatLinear(PlainCatLinear):
     """The question's layer, corrected: torch.cat rebuilds the full weight each call (notebook 04).
 
-    The first `frozen_rows` rows are a buffer, the rest a trainable parameter; F.linear then
-    multiplies the concatenated weight, so the full weight gradient is computed and sliced.
+    `models.CatLinear` with its inputs checked, and the views notebook 04 prints. The first
+    `frozen_rows` rows are a buffer, the rest a trainable parameter; F.linear then multiplies
+    the concatenated weight, so the full weight gradient is computed and sliced.
     """
 
     def __init__(self, linear: nn.Linear, frozen_rows: int) -> None:
-        super().__init__()
         _require_linear(linear)
         if not isinstance(frozen_rows, int):
             raise TypeError(f"frozen_rows must be an int (a count of leading rows), got "
                             f"{type(frozen_rows).__name__}")
-        rows = len(_check_indices(frozen_rows, linear.out_features, "rows"))
-        weight = linear.weight.detach()
-        self.register_buffer("frozen_weight", weight[:rows].clone())
-        self.weight = nn.Parameter(weight[rows:].clone())
-        self.bias = _copied_bias(linear)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, torch.cat((self.frozen_weight, self.weight), dim=0), self.bias)
+        super().__init__(linear, len(_check_indices(frozen_rows, linear.out_features, "rows")))
 
     def extra_repr(self) -> str:
         frozen, trainable = len(self.frozen_weight), len(self.weight)
