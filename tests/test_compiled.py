@@ -153,3 +153,12 @@ def test_compare_compiled_detects_a_stale_graph():
     rows = compare_compiled(eager, lambda x: eager(x) * 0 + twin(x).detach(), twin,
                             torch.randn(2, 4), [[]])
     assert not rows[0].same_grad_is_none
+
+
+def test_speed_backend_avoids_inductor_without_aten_vector_kernels(monkeypatch, capsys):
+    from autograd_cost.chapters import compile as chapter
+
+    monkeypatch.setattr(chapter, "inductor_missing", lambda: [])
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert chapter.speed_backend() == "aot_eager"
+    assert "without vector kernels" in capsys.readouterr().out

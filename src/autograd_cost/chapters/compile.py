@@ -41,6 +41,11 @@ def speed_backend() -> str:
               "(no speed-up expected). On Linux, `make setup` installs them or prints the "
               "command.")
         return "aot_eager"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("DEFAULT", "NO AVX"):  # e.g. ATEN_CPU_CAPABILITY=default
+        print(f"ATen runs without vector kernels here ({capability}), and Inductor's cached "
+              "kernels may assume them; using aot_eager (no speed-up expected).")
+        return "aot_eager"
     try:  # a trial build: e.g. ATEN_CPU_CAPABILITY=default breaks vectorized kernels
         trial = nn.Sequential(nn.Linear(32, 32), nn.ReLU())
         with count_compiles(), torch._inductor.config.patch(fx_graph_cache=False):
